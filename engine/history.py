@@ -1,0 +1,31 @@
+"""History events and their per-case hash chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def canonical(event: dict[str, Any]) -> str:
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_hash(prev_hash: str, case_id: int, seq: int, type_: str, at: dt.datetime, actor: str | None,
+               task_id: str | None, task: str | None, payload: dict[str, Any]) -> str:
+    body = canonical({
+        "case": case_id, "seq": seq, "type": type_, "at": at.astimezone(dt.UTC).isoformat(),
+        "actor": actor, "task_id": task_id, "task": task, "payload": payload,
+    })
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def event_dict(row: Any) -> dict[str, Any]:
+    return {
+        "seq": row.seq, "type": row.type, "at": row.at.isoformat(), "actor": row.actor,
+        "task_id": row.task_id, "task": row.task, "payload": row.payload, "hash": row.hash,
+        "prev_hash": row.prev_hash,
+    }

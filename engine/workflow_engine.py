@@ -1,0 +1,502 @@
+"""The engine's public face: deploy definitions, run cases through the one door, and read them.
+
+``web/`` and the CLI call these functions only; none of them hands out SpiffWorkflow objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import forms, spiff
+from .db import Database
+from .definitions import SourceFile, parse_bundle, read_source
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .history import event_dict
+from .identity import DEPLOYERS, SYSTEM, Actor, may_see_task, may_work_task
+from .models import (
+    Case,
+    CaseEvent,
+    CaseTask,
+    DefinitionFile,
+    Deployment,
+    MessageSubscription,
+    OpenTask,
+    ProcessVersion,
+    TaskCandidate,
+    Timer,
+    utcnow,
+)
+from .runtime import Command, DueCalculator, Runtime, require_open
+from .services import HandlerRegistry
+from .specs import SpecStore
+
+CASE_READERS = frozenset({"admin", "supervisor", "auditor", "process-owner"})
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class WorkflowEngine:
+    def __init__(self, db: Database, handlers: HandlerRegistry | None = None,
+                 functions: Mapping[str, Callable[..., Any]] | None = None,
+                 due_calculator: DueCalculator | None = None) -> None:
+        self.db = db
+        self.handlers = handlers or HandlerRegistry()
+        self.specs = SpecStore(functions)
+        self.runtime = Runtime(db, self.specs, self.handlers, due_calculator)
+
+    # --- definitions ------------------------------------------------------------------------
+
+    def deploy(self, uploaded: list[tuple[str, bytes | str]], actor: Actor) -> list[dict[str, Any]]:
+        """Validate and store a bundle all-or-nothing; only changed processes get a new version."""
+        actor.require(DEPLOYERS, "deploying")
+        try:
+            with self.db.write() as session:
+                return self._deploy(session, uploaded, actor)
+        except IntegrityError as exc:
+            raise Conflict("another deployment of the same process happened at the same time; retry") from exc
+
+    def _deploy(self, session: Session, uploaded: list[tuple[str, bytes | str]], actor: Actor) -> list[dict[str, Any]]:
+        known = self._latest_files(session)
+        files, processes = parse_bundle(uploaded, list(known.values()), self.handlers.names())
+        deployment: Deployment | None = None
+
+        def ensure_deployment() -> Deployment:
+            nonlocal deployment
+            if deployment is None:
+                deployment = Deployment(deployed_by=actor.username)
+                session.add(deployment)
+                session.flush()
+            return deployment
+
+        file_ids: dict[str, int] = {}
+        for src in files:
+            previous = known.get(src.name)
+            if previous is not None and previous.sha256 == src.sha256 and previous.file_id is not None:
+                file_ids[src.name] = previous.file_id
+                continue
+            row = DefinitionFile(deployment_id=ensure_deployment().id, name=src.name, kind=src.kind,
+                                 sha256=src.sha256, content=src.content)
+            session.add(row)
+            session.flush()
+            file_ids[src.name] = row.id
+
+        def fid(src: SourceFile) -> int:
+            return src.file_id if src.file_id is not None and src.name not in file_ids else file_ids[src.name]
+
+        deployed = []
+        for proc in processes:
+            latest = session.scalars(select(ProcessVersion).where(ProcessVersion.key == proc.key)
+                                     .order_by(ProcessVersion.version.desc()).limit(1)).first()
+            if latest is not None and latest.fingerprint == proc.fingerprint:
+                continue
+            version = (latest.version if latest else 0) + 1
+            bundle = {
+                "bpmn": [fid(f) for f in proc.bpmn_files],
+                "dmn": [fid(f) for f in proc.dmn_files],
+                "forms": {name: fid(f) for name, f in proc.forms.items()},
+            }
+            session.add(ProcessVersion(key=proc.key, version=version, name=proc.name,
+                                       deployment_id=ensure_deployment().id, bpmn_file_id=fid(proc.bpmn),
+                                       fingerprint=proc.fingerprint, bundle=bundle))
+            deployed.append({"key": proc.key, "version": version})
+        session.flush()
+        return deployed
+
+    def deploy_paths(self, paths: list[str | Path], actor: Actor = SYSTEM) -> list[dict[str, Any]]:
+        """Deploy files and folders (folders contribute their .bpmn, .dmn and .json files)."""
+        uploaded: list[tuple[str, bytes]] = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    if f.suffix.lower() in (".bpmn", ".dmn", ".json") and f.is_file():
+                        uploaded.append((f.name, f.read_bytes()))
+            elif p.is_file():
+                uploaded.append((p.name, p.read_bytes()))
+            else:
+                raise NotFound(f"no such file or folder: {p}")
+        return self.deploy(uploaded, actor)
+
+    def _latest_files(self, session: Session) -> dict[str, SourceFile]:
+        latest_ids = select(func.max(DefinitionFile.id)).group_by(DefinitionFile.name)
+        out: dict[str, SourceFile] = {}
+        for row in session.scalars(select(DefinitionFile).where(DefinitionFile.id.in_(latest_ids))):
+            src = read_source(row.name, row.content)
+            if src is not None:
+                src.file_id = row.id
+                out[row.name] = src
+        return out
+
+    def list_processes(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            latest = (select(ProcessVersion.key, func.max(ProcessVersion.version).label("v"))
+                      .group_by(ProcessVersion.key).subquery())
+            rows = session.scalars(select(ProcessVersion).join(
+                latest, (ProcessVersion.key == latest.c.key) & (ProcessVersion.version == latest.c.v))
+                .order_by(ProcessVersion.key))
+            return [{"key": r.key, "name": r.name, "version": r.version, "deployed_at": _iso(r.deployed_at)}
+                    for r in rows]
+
+    def get_process(self, key: str) -> dict[str, Any]:
+        with self.db.read() as session:
+            rows = list(session.scalars(select(ProcessVersion).where(ProcessVersion.key == key)
+                                        .order_by(ProcessVersion.version)))
+            if not rows:
+                raise NotFound(f"process '{key}' is not deployed")
+            return {"key": key, "name": rows[-1].name,
+                    "versions": [{"version": r.version, "deployed_at": _iso(r.deployed_at),
+                                  "deployed_by": session.get(Deployment, r.deployment_id).deployed_by}
+                                 for r in rows]}
+
+    def get_bpmn(self, key: str, version: int | None = None) -> tuple[str, str]:
+        """(file name, XML) of a process version, the latest when ``version`` is None."""
+        with self.db.read() as session:
+            q = select(ProcessVersion).where(ProcessVersion.key == key)
+            q = q.where(ProcessVersion.version == version) if version else q.order_by(ProcessVersion.version.desc())
+            pv = session.scalars(q.limit(1)).first()
+            if pv is None:
+                raise NotFound(f"process '{key}' version {version or 'latest'} not found")
+            f = session.get(DefinitionFile, pv.bpmn_file_id)
+            return f.name, f.content
+
+    def get_form(self, name: str) -> str:
+        with self.db.read() as session:
+            row = session.scalars(select(DefinitionFile)
+                                  .where(DefinitionFile.name == name, DefinitionFile.kind == "form")
+                                  .order_by(DefinitionFile.id.desc()).limit(1)).first()
+            if row is None:
+                raise NotFound(f"form '{name}' not found")
+            return row.content
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def start_case(self, process_key: str, data: dict[str, Any] | None, actor: Actor) -> dict[str, Any]:
+        actor.require_writer()
+        if data is not None and not isinstance(data, dict):
+            raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
+        with self.db.read() as session:
+            version = self.specs.latest(session, process_key)
+        case = self.runtime.create(process_key, version, dict(data or {}), actor)
+        return self.get_case(case.id, SYSTEM)
+
+    def claim(self, task_id: str, actor: Actor) -> dict[str, Any]:
+        def apply(cmd: Command) -> None:
+            row = self._open_row(cmd.session, task_id)
+            self._check_may_work(cmd.session, row, actor)
+            if row.assignee and row.assignee != actor.username:
+                raise Conflict(f"task {task_id} is held by {row.assignee}")
+            if row.assignee != actor.username:
+                row.assignee = actor.username
+                task = spiff.find_task(cmd.workflow, task_id)
+                cmd.record("task_claimed", task, {})
+
+        self.runtime.execute(self._case_of_task(task_id), actor, apply)
+        return self.get_task(task_id, actor, with_form=False)
+
+    def unclaim(self, task_id: str, actor: Actor) -> dict[str, Any]:
+        def apply(cmd: Command) -> None:
+            row = self._open_row(cmd.session, task_id)
+            self._check_may_work(cmd.session, row, actor)
+            if row.assignee and row.assignee != actor.username and not actor.groups & {"admin", "supervisor"}:
+                raise Conflict(f"task {task_id} is held by {row.assignee}")
+            if row.assignee is not None:
+                row.assignee = None
+                cmd.record("task_unclaimed", spiff.find_task(cmd.workflow, task_id), {})
+
+        self.runtime.execute(self._case_of_task(task_id), actor, apply)
+        return self.get_task(task_id, actor, with_form=False)
+
+    def assign(self, task_id: str, assignee: str | None, actor: Actor) -> dict[str, Any]:
+        """Supervisors hand a task to someone (or back to the group)."""
+        actor.require({"admin", "supervisor"}, "reassigning tasks")
+
+        def apply(cmd: Command) -> None:
+            row = self._open_row(cmd.session, task_id)
+            row.assignee = assignee
+            cmd.record("task_assigned", spiff.find_task(cmd.workflow, task_id), {"assignee": assignee})
+
+        self.runtime.execute(self._case_of_task(task_id), actor, apply)
+        return self.get_task(task_id, actor, with_form=False)
+
+    def save_draft(self, task_id: str, data: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
+
+        def apply(cmd: Command) -> None:
+            row = self._open_row(cmd.session, task_id)
+            self._check_may_work(cmd.session, row, actor)
+            if row.assignee and row.assignee != actor.username:
+                raise Conflict(f"task {task_id} is held by {row.assignee}")
+            row.draft = data
+            cmd.record("task_draft_saved", spiff.find_task(cmd.workflow, task_id), {"fields": sorted(data)})
+
+        self.runtime.execute(self._case_of_task(task_id), actor, apply)
+        return self.get_task(task_id, actor, with_form=False)
+
+    def complete_task(self, task_id: str, data: dict[str, Any] | None, actor: Actor) -> dict[str, Any]:
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
+
+        def apply(cmd: Command) -> None:
+            if cmd.case.status == "error":
+                raise Conflict(f"case {cmd.case.id} has an open incident; retry it first")
+            task = require_open(cmd, task_id)
+            row = self._open_row(cmd.session, task_id)
+            self._check_may_work(cmd.session, row, actor)
+            if row.assignee and row.assignee != actor.username and not actor.system:
+                raise Conflict(f"task {task_id} is held by {row.assignee}")
+            form_name = spiff.user_task_info(task).form
+            schema = cmd.live.spec.forms.get(form_name) if form_name else None
+            forms.validate_submission(schema, data)
+            task.data.update(data)
+            task.run()
+            cmd.record("task_completed", task, {"data": data})
+
+        case, _ = self.runtime.execute(self._case_of_task(task_id), actor, apply)
+        return self.get_case(case.id, SYSTEM)
+
+    def deliver_message(self, name: str, correlation: dict[str, Any] | None, payload: dict[str, Any] | None,
+                        actor: Actor) -> list[int]:
+        """Deliver to every waiting case whose data matches ``correlation``; returns their ids."""
+        actor.require_writer()
+        correlation = correlation or {}
+        payload = payload or {}
+        if not isinstance(correlation, dict) or not isinstance(payload, dict) or not name:
+            raise InvalidInput("invalid message", [{
+                "field": "name/correlation/payload",
+                "message": "name is required; correlation and payload are objects"}])
+        with self.db.read() as session:
+            q = select(MessageSubscription.case_id).where(MessageSubscription.message == name).distinct()
+            if "instance" in correlation:
+                q = q.where(MessageSubscription.case_id == int(correlation["instance"]))
+            candidates = sorted(set(session.scalars(q)))
+        delivered = []
+        for case_id in candidates:
+            def apply(cmd: Command) -> bool:
+                data = cmd.case.data or {}
+                for k, v in correlation.items():
+                    if k == "instance":
+                        continue
+                    if data.get(k) != v:
+                        return False
+                if not spiff.deliver_message(cmd.workflow, name, payload):
+                    return False
+                cmd.record("message_delivered", None, {"name": name, "correlation": correlation, "payload": payload})
+                return True
+
+            try:
+                _, ok = self.runtime.execute(case_id, actor, apply)
+            except NotFound:
+                continue
+            if ok:
+                delivered.append(case_id)
+        return delivered
+
+    def fire_timer(self, timer_id: int, actor: Actor = SYSTEM) -> bool:
+        with self.db.read() as session:
+            timer = session.get(Timer, timer_id)
+            if timer is None:
+                raise NotFound(f"timer {timer_id} not found")
+            case_id = timer.case_id
+
+        def apply(cmd: Command) -> bool:
+            row = cmd.session.get(Timer, timer_id)
+            if row is None or row.status == "fired":
+                return False
+            fired = spiff.fire_timer(cmd.workflow, row.task_id)
+            row.status = "fired"
+            row.fired_at = cmd.now
+            if fired:
+                cmd.record("timer_fired", spiff.find_task(cmd.workflow, row.task_id),
+                           {"timer": row.id, "due_at": row.due_at.isoformat(), "kind": row.kind}, actor=actor.username)
+                cmd.live.timers.discard((row.task_id, row.due_at))
+            return fired
+
+        _, fired = self.runtime.execute(case_id, actor, apply)
+        return bool(fired)
+
+    def fire_due_timers(self, now: dt.datetime | None = None, limit: int = 500) -> int:
+        """Fire every pending timer due by ``now``, oldest first (the scheduler calls this)."""
+        now = now or utcnow()
+        with self.db.read() as session:
+            ids = list(session.scalars(select(Timer.id).where(Timer.status == "pending", Timer.due_at <= now)
+                                       .order_by(Timer.due_at, Timer.id).limit(limit)))
+        fired = 0
+        for timer_id in ids:
+            if self.fire_timer(timer_id):
+                fired += 1
+        return fired
+
+    def retry(self, case_id: int, actor: Actor) -> dict[str, Any]:
+        actor.require_writer()
+        self._require_case_access(case_id, actor, write=True)
+
+        def apply(cmd: Command) -> None:
+            failed = cmd.workflow.get_tasks(state=TaskState.ERROR)
+            if cmd.case.status != "error" and not failed:
+                raise Conflict(f"case {case_id} has no incident to retry")
+            for task in failed:
+                task._set_state(TaskState.READY)
+            cmd.record("retried", None, {"tasks": [t.task_spec.bpmn_id or t.task_spec.name for t in failed]})
+
+        self.runtime.execute(case_id, actor, apply)
+        return self.get_case(case_id, SYSTEM)
+
+    def cancel(self, case_id: int, reason: str, actor: Actor) -> dict[str, Any]:
+        actor.require({"admin", "supervisor"}, "cancelling a case")
+
+        def apply(cmd: Command) -> None:
+            if cmd.case.status in ("completed", "cancelled"):
+                raise Conflict(f"case {case_id} has already ended")
+            cmd.workflow.cancel()
+            cmd.case.status = "cancelled"
+            cmd.case.ended_at = cmd.now
+            cmd.record("case_cancelled", None, {"reason": reason})
+
+        self.runtime.execute(case_id, actor, apply)
+        return self.get_case(case_id, SYSTEM)
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get_case(self, case_id: int, actor: Actor) -> dict[str, Any]:
+        with self.db.read() as session:
+            case = session.get(Case, case_id)
+            if case is None:
+                raise NotFound(f"case {case_id} not found")
+            self._check_case_read(session, case, actor)
+            tasks = self._task_rows(session, select(OpenTask).where(OpenTask.case_id == case_id))
+            return self._case_dict(case, [t for t in tasks if may_see_task(actor, frozenset(t["candidate_groups"]),
+                                                                           t["assignee"])])
+
+    def history(self, case_id: int, actor: Actor) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            case = session.get(Case, case_id)
+            if case is None:
+                raise NotFound(f"case {case_id} not found")
+            self._check_case_read(session, case, actor)
+            rows = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case_id).order_by(CaseEvent.seq))
+            return [event_dict(r) for r in rows]
+
+    def list_tasks(self, actor: Actor, scope: str = "all", process: str | None = None,
+                   limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        if scope not in ("mine", "group", "all"):
+            raise InvalidInput("invalid scope", [{"field": "scope", "message": "one of mine, group, all"}])
+        limit = max(1, min(int(limit), 500))
+        q = select(OpenTask)
+        mine = OpenTask.assignee == actor.username
+        in_groups = OpenTask.id.in_(select(TaskCandidate.task_id).where(TaskCandidate.group_name.in_(actor.groups)))
+        if scope == "mine":
+            q = q.where(mine)
+        elif scope == "group":
+            q = q.where(in_groups)
+        elif not actor.sees_all:
+            q = q.where(or_(mine, in_groups))
+        if process:
+            q = q.where(OpenTask.process_key == process)
+        q = q.order_by(OpenTask.due_at.is_(None), OpenTask.due_at, OpenTask.created_at, OpenTask.id)
+        with self.db.read() as session:
+            return self._task_rows(session, q.limit(limit).offset(offset))
+
+    def get_task(self, task_id: str, actor: Actor, with_form: bool = True) -> dict[str, Any]:
+        with self.db.read() as session:
+            row = session.get(OpenTask, task_id)
+            if row is None:
+                if session.scalar(select(CaseTask.case_id).where(CaseTask.task_id == task_id).limit(1)) is not None:
+                    raise Conflict(f"task {task_id} is not open")
+                raise NotFound(f"task {task_id} not found")
+            task = self._task_rows(session, select(OpenTask).where(OpenTask.id == task_id))[0]
+            if not may_see_task(actor, frozenset(task["candidate_groups"]), task["assignee"]):
+                raise Forbidden(f"task {task_id} belongs to {', '.join(task['candidate_groups'])}")
+            if with_form:
+                case = session.get(Case, row.case_id)
+                version = self.specs.get(session, case.process_version_id)
+                form = version.forms.get(row.form) if row.form else None
+                import json
+
+                task["form"] = json.loads(form) if form else None
+                task["data"] = {**(case.data or {}), **(row.draft or {})}
+                task["draft"] = row.draft
+            return task
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _case_of_task(self, task_id: str) -> int:
+        with self.db.read() as session:
+            case_id = session.scalar(select(OpenTask.case_id).where(OpenTask.id == task_id))
+            if case_id is None:
+                case_id = session.scalar(select(CaseTask.case_id).where(CaseTask.task_id == task_id).limit(1))
+                if case_id is None:
+                    raise NotFound(f"task {task_id} not found")
+                raise Conflict(f"task {task_id} is not open")
+            return case_id
+
+    def _open_row(self, session: Session, task_id: str) -> OpenTask:
+        row = session.get(OpenTask, task_id)
+        if row is None:
+            raise Conflict(f"task {task_id} is not open")
+        return row
+
+    def _check_may_work(self, session: Session, row: OpenTask, actor: Actor) -> None:
+        groups = frozenset(session.scalars(select(TaskCandidate.group_name).where(TaskCandidate.task_id == row.id)))
+        if not may_work_task(actor, groups, row.assignee):
+            raise Forbidden(f"task {row.id} belongs to group(s) {', '.join(sorted(groups))}")
+
+    def _check_case_read(self, session: Session, case: Case, actor: Actor) -> None:
+        if actor.system or actor.groups & CASE_READERS or case.started_by == actor.username:
+            return
+        involved = session.scalar(select(func.count()).select_from(CaseEvent)
+                                  .where(CaseEvent.case_id == case.id, CaseEvent.actor == actor.username))
+        if involved:
+            return
+        visible = session.scalar(
+            select(func.count()).select_from(OpenTask).where(
+                OpenTask.case_id == case.id,
+                or_(OpenTask.assignee == actor.username,
+                    OpenTask.id.in_(select(TaskCandidate.task_id).where(TaskCandidate.group_name.in_(actor.groups))))))
+        if not visible:
+            raise Forbidden(f"case {case.id} is not visible to {actor.username}")
+
+    def _require_case_access(self, case_id: int, actor: Actor, write: bool = False) -> None:
+        with self.db.read() as session:
+            case = session.get(Case, case_id)
+            if case is None:
+                raise NotFound(f"case {case_id} not found")
+            self._check_case_read(session, case, actor)
+
+    def _task_rows(self, session: Session, query: Any) -> list[dict[str, Any]]:
+        rows = list(session.scalars(query))
+        if not rows:
+            return []
+        groups: dict[str, list[str]] = {}
+        for tid, g in session.execute(select(TaskCandidate.task_id, TaskCandidate.group_name)
+                                      .where(TaskCandidate.task_id.in_([r.id for r in rows]))):
+            groups.setdefault(tid, []).append(g)
+        return [{
+            "id": r.id, "instance": r.case_id, "process": r.process_key, "name": r.name, "spec": r.spec,
+            "lane": r.lane, "candidate_groups": sorted(groups.get(r.id, [])), "assignee": r.assignee,
+            "state": "claimed" if r.assignee else "ready", "due": _iso(r.due_at), "created_at": _iso(r.created_at),
+            "form_name": r.form, "priority": r.priority, "sla_policy": r.sla_policy,
+        } for r in rows]
+
+    def _case_dict(self, case: Case, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": case.id, "process": case.process_key, "version": case.version, "status": case.status,
+            "data": case.data or {}, "tasks": tasks, "created_at": _iso(case.created_at),
+            "updated_at": _iso(case.updated_at), "ended_at": _iso(case.ended_at), "started_by": case.started_by,
+        }
+
+    def reset_caches(self) -> None:
+        self.runtime.cache.clear()
+
+
+__all__ = ["WorkflowEngine", "update"]

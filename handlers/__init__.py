@@ -1,0 +1,10 @@
+"""Service-task handlers: the after-sales knowledge. ``build_registry`` hands them to the engine."""
+
+from __future__ import annotations
+
+from engine import HandlerRegistry
+
+
+def build_registry() -> HandlerRegistry:
+    registry = HandlerRegistry()
+    return registry

@@ -1,0 +1,178 @@
+"""Fixtures: every database test runs on SQLite and again on PostgreSQL when it answers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from engine import SYSTEM, Database, HandlerRegistry, WorkflowEngine
+from engine.identity import add_user
+from engine.models import Base
+
+HERE = Path(__file__).parent
+SAMPLES = HERE / "processes"
+PG_URL = os.environ.get("AFTERCARE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+PG_AVAILABLE = _pg_reachable()
+
+
+def pytest_report_header(config: Any) -> str:
+    return ("PostgreSQL: 127.0.0.1:5432 reachable, database tests run on SQLite and PostgreSQL"
+            if PG_AVAILABLE else
+            "PostgreSQL: NOT reachable at 127.0.0.1:5432 - PostgreSQL variants will be SKIPPED")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not PG_AVAILABLE:
+        terminalreporter.write_sep("!", "PostgreSQL was not reachable: every [postgresql] test was skipped", red=True)
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _pg_schema() -> Iterator[str]:
+    if not PG_AVAILABLE:
+        warnings.warn("PostgreSQL not reachable at 127.0.0.1:5432; skipping PostgreSQL variants", stacklevel=1)
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    schema = f"aftercare_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    db = Database(url)
+    db.migrate()
+    db.dispose()
+    yield url
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, _sqlite_template: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "aftercare.db"
+        shutil.copy(_sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("_pg_schema")
+    yield url
+    cleanup = create_engine(url)
+    with cleanup.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    cleanup.dispose()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+class Calls:
+    """Records handler calls; ``fail`` makes the failing handler raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail = True
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def handlers(calls: Calls) -> HandlerRegistry:
+    registry = HandlerRegistry()
+
+    @registry.register("sample.notify")
+    def notify(ctx: Any, recipient: str, priority: str) -> dict[str, Any]:
+        calls.calls.append(("sample.notify", {"recipient": recipient, "priority": priority}))
+        ctx.notify("sms", recipient, f"Your request has priority {priority}")
+        return {"sent": True, "to": recipient}
+
+    @registry.register("sample.flaky")
+    def flaky(ctx: Any, value: Any = None) -> dict[str, Any]:
+        calls.calls.append(("sample.flaky", {"value": value}))
+        ctx.notify("email", "someone@example.com", "written before the failure")
+        if calls.fail:
+            raise RuntimeError("stock service unreachable")
+        return {"ok": True}
+
+    return registry
+
+
+@pytest.fixture
+def engine(db: Database, handlers: HandlerRegistry) -> WorkflowEngine:
+    eng = WorkflowEngine(db, handlers)
+    eng.deploy_paths([SAMPLES], SYSTEM)
+    return eng
+
+
+USERS = {
+    "admin": ["admin"], "owner": ["process-owner"], "auditor": ["auditor"], "boss": ["supervisor"],
+    "agent": ["hotline"], "agent2": ["hotline"], "tech": ["technician"], "nobody": [],
+}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def users(db: Database) -> dict[str, Any]:
+    from engine.identity import actor_for_username
+
+    with db.write() as s:
+        for name, groups in USERS.items():
+            add_user(s, name, PASSWORD, groups)
+    with db.read() as s:
+        return {name: actor_for_username(s, name) for name in USERS}
+
+
+@pytest.fixture
+def app(db_url: str, handlers: HandlerRegistry) -> Iterator[Any]:
+    from app import create_app
+
+    application = create_app({"DATABASE_URL": db_url, "SECRET_KEY": "test-secret", "TESTING": True,
+                              "HANDLER_REGISTRY": handlers, "SCHEDULER": "off"})
+    yield application
+    application.extensions["aftercare"].db.dispose()
+
+
+@pytest.fixture
+def client(app: Any, users: dict[str, Any]) -> Any:
+    svc = app.extensions["aftercare"]
+    svc.engine.deploy_paths([SAMPLES], SYSTEM)
+    return app.test_client()
+
+
+def token_for(client: Any, username: str) -> dict[str, str]:
+    res = client.post("/api/auth/token", json={"username": username, "password": PASSWORD})
+    assert res.status_code == 200, res.get_json()
+    return {"Authorization": f"Bearer {res.get_json()['token']}"}

@@ -1,0 +1,51 @@
+"""Login throttling: after repeated failures a username (and an address) is locked for a while."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+
+from engine import EngineError
+
+
+class TooManyAttempts(EngineError):
+    status = 429
+
+
+class LoginThrottle:
+    def __init__(self, max_failures: int = 5, window_s: float = 900.0, lockout_s: float = 900.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.lockout_s = lockout_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _keys(self, username: str, address: str) -> tuple[str, str]:
+        return f"user:{username.lower()}", f"addr:{address}"
+
+    def check(self, username: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in self._keys(username, address):
+                until = self._locked_until.get(key, 0.0)
+                if until > now:
+                    raise TooManyAttempts(f"too many failed logins; try again in {int(until - now) + 1} s")
+
+    def failed(self, username: str, address: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            user_key, addr_key = self._keys(username, address)
+            for key, limit in ((user_key, self.max_failures), (addr_key, self.max_failures * 4)):
+                q = self._failures[key]
+                q.append(now)
+                while q and q[0] < now - self.window_s:
+                    q.popleft()
+                if len(q) >= limit:
+                    self._locked_until[key] = now + self.lockout_s
+                    q.clear()
+
+    def succeeded(self, username: str, address: str) -> None:
+        with self._lock:
+            self._failures.pop(self._keys(username, address)[0], None)
