@@ -21,17 +21,17 @@ from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import spiff
 from .errors import Conflict, HandlerMissing, NotFound
+from .fastsql import Statement, parse_json, parse_time
 from .history import GENESIS, event_hash
 from .identity import SYSTEM, Actor, task_groups
 from .models import (
     Case,
-    CaseEvent,
     CaseTask,
     MessageSubscription,
     OpenTask,
@@ -49,6 +49,22 @@ DueCalculator = Callable[[str, dt.datetime, int, Session], dt.datetime | None]
 
 
 @dataclass
+class OpenInfo:
+    """What the open-task projection holds for one task (kept in memory with the case)."""
+
+    name: str
+    spec: str
+    lane: str | None
+    form: str | None
+    assignee: str | None
+    priority: int
+    sla_policy: str | None
+    due_at: dt.datetime | None
+    created_at: dt.datetime
+    groups: tuple[str, ...] = ()
+
+
+@dataclass
 class LiveCase:
     """A case's workflow plus what was last written for it, valid for ``lock_version``."""
 
@@ -56,9 +72,34 @@ class LiveCase:
     spec: VersionSpec
     lock_version: int
     saved_tasks: set[str]
-    open_tasks: set[str]
+    open_tasks: dict[str, OpenInfo]
     timers: set[tuple[str, dt.datetime]]
     subscriptions: set[tuple[str, str]]
+
+
+@dataclass
+class CaseRow:
+    """The case header, read and written with plain statements (the ORM is too slow per command)."""
+
+    id: int
+    process_key: str
+    process_version_id: int
+    version: int
+    status: str
+    data: dict[str, Any]
+    state: str
+    lock_version: int
+    task_seq: int
+    event_seq: int
+    last_hash: str
+    started_by: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    ended_at: dt.datetime | None
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # open tasks after the command
+
+    def to_dict(self) -> dict[str, Any]:
+        return instance_dict(self, self.tasks)
 
 
 @dataclass
@@ -66,7 +107,7 @@ class Command:
     """The context one command runs in; ``record`` adds a history event."""
 
     session: Session
-    case: Case
+    case: CaseRow
     live: LiveCase
     actor: Actor
     now: dt.datetime
@@ -111,6 +152,43 @@ class _CaseCache:
             self._items.clear()
 
 
+# Statements of the hot path (see engine/fastsql.py); the same text runs on SQLite and PostgreSQL.
+_CASES = Case.__table__
+_TASKS = CaseTask.__table__
+_OPEN = OpenTask.__table__
+_CANDIDATES = TaskCandidate.__table__
+_CASE_COLUMNS = ("id", "process_key", "process_version_id", "version", "status", "data", "state", "lock_version",
+                 "task_seq", "event_seq", "last_hash", "started_by", "created_at", "updated_at", "ended_at")
+_SELECT_CASE = Statement(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id = :id")
+_SELECT_CASE_LOCKED = Statement(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id = :id FOR UPDATE")
+_SELECT_CASE_OF_OPEN_TASK = Statement("SELECT case_id FROM open_tasks WHERE id = :id")
+_INSERT_CASE = insert(_CASES)
+_UPDATE_CASE = Statement(
+    "UPDATE cases SET status = :status, data = :data, state = :state, lock_version = :lock_version, "
+    "task_seq = :task_seq, event_seq = :event_seq, last_hash = :last_hash, updated_at = :updated_at, "
+    "ended_at = :ended_at WHERE id = :id", json_params=("data",), time_params=("updated_at", "ended_at"))
+_UPSERT_TASKS = Statement(
+    "INSERT INTO case_tasks (case_id, task_id, seq, workflow, state, body) "
+    "VALUES (:case_id, :task_id, :seq, :workflow, :state, :body) "
+    "ON CONFLICT (case_id, task_id) DO UPDATE SET workflow = excluded.workflow, state = excluded.state, "
+    "body = excluded.body")
+_DELETE_TASK = Statement("DELETE FROM case_tasks WHERE case_id = :case_id AND task_id = :task_id")
+_DELETE_OPEN = Statement("DELETE FROM open_tasks WHERE id = :id")  # candidates go with it (ON DELETE CASCADE)
+_INSERT_OPEN = Statement(
+    "INSERT INTO open_tasks (id, case_id, process_key, spec, name, lane, form, assignee, priority, sla_policy, "
+    "due_at, draft, created_at) VALUES (:id, :case_id, :process_key, :spec, :name, :lane, :form, :assignee, "
+    ":priority, :sla_policy, :due_at, :draft, :created_at)",
+    json_params=("draft",), time_params=("due_at", "created_at"))
+_INSERT_CANDIDATE = Statement("INSERT INTO task_candidates (task_id, group_name) VALUES (:task_id, :group_name)")
+_INSERT_EVENT = Statement(
+    "INSERT INTO case_events (case_id, seq, type, at, actor, task_id, task, payload, prev_hash, hash) "
+    "VALUES (:case_id, :seq, :type, :at, :actor, :task_id, :task, :payload, :prev_hash, :hash)",
+    json_params=("payload",), time_params=("at",))
+_LATEST_VERSION = Statement(
+    "SELECT id FROM process_versions WHERE key = :key ORDER BY version DESC LIMIT 1")
+_SET_ASSIGNEE = Statement("UPDATE open_tasks SET assignee = :assignee WHERE id = :id")
+
+
 class Runtime:
     def __init__(self, db: Any, specs: SpecStore, handlers: HandlerRegistry,
                  due_calculator: DueCalculator | None = None, cache_size: int = 2000) -> None:
@@ -123,34 +201,66 @@ class Runtime:
 
     # --- the door ---------------------------------------------------------------------------
 
-    def execute(self, case_id: int, actor: Actor, apply: Callable[[Command], Any]) -> tuple[Case, Any]:
+    def execute(self, case_id: int, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
         """Run ``apply`` on the case under its lock and persist everything in one transaction."""
         with self.db.write() as session:
-            case = session.execute(select(Case).where(Case.id == case_id).with_for_update()).scalar_one_or_none()
-            if case is None:
-                raise NotFound(f"case {case_id} not found")
-            live = self._load(session, case)
-            cmd = Command(session, case, live, actor, utcnow(), started=spiff.now_ts())
-            # On any exception the half-changed workflow is dropped (it was taken out of the
-            # cache) and the rollback leaves the database as the truth.
-            result = self._run(cmd, apply)
-            live.lock_version = case.lock_version
-        self.cache.put(case_id, live)
+            cmd, result = self._execute_locked(session, case_id, actor, apply)
+        self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
-        return case, result
+        return cmd.case, result
 
-    def create(self, process_key: str, version: VersionSpec, data: dict[str, Any], actor: Actor,
-               start: Callable[[Command], Any] | None = None) -> Case:
-        """Start a case: same transaction shape as every other command."""
+    def execute_for_task(self, task_id: str, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
+        """Like ``execute`` for the case that holds the open task ``task_id``."""
         with self.db.write() as session:
+            found = _SELECT_CASE_OF_OPEN_TASK.execute(session, {"id": task_id}).fetchone()
+            case_id = found[0] if found else None
+            if case_id is None:
+                conn = session.connection()
+                known = conn.execute(select(_TASKS.c.case_id).where(_TASKS.c.task_id == task_id).limit(1)).scalar()
+                if known is None:
+                    raise NotFound(f"task {task_id} not found")
+                raise Conflict(f"task {task_id} is not open")
+            cmd, result = self._execute_locked(session, case_id, actor, apply)
+        self.cache.put(case_id, cmd.live)
+        self._after_commit(cmd)
+        return cmd.case, result
+
+    def _execute_locked(self, session: Session, case_id: int, actor: Actor,
+                        apply: Callable[[Command], Any]) -> tuple[Command, Any]:
+        stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
+        row = stmt.execute(session, {"id": case_id}).fetchone()
+        if row is None:
+            raise NotFound(f"case {case_id} not found")
+        case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
+        case.data = parse_json(case.data) or {}
+        case.created_at, case.updated_at, case.ended_at = (
+            parse_time(case.created_at), parse_time(case.updated_at), parse_time(case.ended_at))
+        live = self._load(session, case)
+        cmd = Command(session, case, live, actor, utcnow(), started=spiff.now_ts())
+        # On any exception the half-changed workflow is dropped (it was taken out of the
+        # cache) and the rollback leaves the database as the truth.
+        result = self._run(cmd, apply)
+        live.lock_version = case.lock_version
+        return cmd, result
+
+    def create(self, process_key: str, data: dict[str, Any], actor: Actor,
+               start: Callable[[Command], Any] | None = None) -> CaseRow:
+        """Start a case of the latest version: same transaction shape as every other command."""
+        with self.db.write() as session:
+            found = _LATEST_VERSION.execute(session, {"key": process_key}).fetchone()
+            if found is None:
+                raise NotFound(f"process '{process_key}' is not deployed")
+            version = self.specs.get(session, found[0])
             wf = BpmnWorkflow(version.spec, version.subprocess_specs, script_engine=self.specs.script_engine())
-            case = Case(process_key=process_key, process_version_id=version.id, version=version.version,
-                        status="running", data={}, state="{}", lock_version=0, task_seq=0, event_seq=0,
-                        last_hash=GENESIS, started_by=actor.username)
-            session.add(case)
-            session.flush()
-            live = LiveCase(wf, version, 0, set(), set(), set(), set())
-            cmd = Command(session, case, live, actor, utcnow(), started=0.0)
+            now = utcnow()
+            values = {"process_key": process_key, "process_version_id": version.id, "version": version.version,
+                      "status": "running", "data": {}, "state": "{}", "lock_version": 0, "task_seq": 0,
+                      "event_seq": 0, "last_hash": GENESIS, "started_by": actor.username, "created_at": now,
+                      "updated_at": now, "ended_at": None}
+            new_id = session.connection().execute(_INSERT_CASE, values).inserted_primary_key[0]
+            case = CaseRow(id=new_id, **values)
+            live = LiveCase(wf, version, 0, set(), {}, set(), set())
+            cmd = Command(session, case, live, actor, now, started=0.0)
 
             def begin(c: Command) -> None:
                 for t in c.workflow.get_tasks(state=TaskState.READY):
@@ -184,7 +294,6 @@ class Runtime:
 
     def _advance(self, cmd: Command) -> None:
         wf = cmd.workflow
-        before_open = {str(t.id) for t in spiff.open_user_tasks(wf)}
 
         def did_complete(task: Task) -> None:
             ts = task.task_spec
@@ -205,9 +314,8 @@ class Runtime:
                 failed = wf.get_tasks(state=TaskState.ERROR)
                 task = failed[-1] if failed else None
             self._raise_incident(cmd, task, exc)
-        after_open = spiff.open_user_tasks(wf)
-        for task in after_open:
-            if str(task.id) not in before_open and str(task.id) not in cmd.live.open_tasks:
+        for task in spiff.open_user_tasks(wf):
+            if str(task.id) not in cmd.live.open_tasks:
                 info = spiff.user_task_info(task)
                 cmd.record("task_opened", task, {"name": info.name, "lane": info.lane}, actor="system")
         if wf.completed and cmd.case.status not in ("completed", "cancelled"):
@@ -247,54 +355,54 @@ class Runtime:
 
     # --- load and save ----------------------------------------------------------------------
 
-    def _load(self, session: Session, case: Case) -> LiveCase:
+    def _load(self, session: Session, case: CaseRow) -> LiveCase:
         cached = self.cache.take(case.id)
         if cached is not None and cached.lock_version == case.lock_version:
             return cached
+        conn = session.connection()
         version = self.specs.get(session, case.process_version_id)
-        rows = session.execute(
-            select(CaseTask.workflow, CaseTask.body, CaseTask.task_id)
-            .where(CaseTask.case_id == case.id).order_by(CaseTask.seq)
+        rows = conn.execute(
+            select(_TASKS.c.workflow, _TASKS.c.body, _TASKS.c.task_id)
+            .where(_TASKS.c.case_id == case.id).order_by(_TASKS.c.seq)
         ).all()
         wf = spiff.restore_workflow(version.spec, version.subprocess_specs, case.state,
                                     [(r[0], r[1]) for r in rows], self.specs.script_engine())
-        open_ids = set(session.scalars(select(OpenTask.id).where(OpenTask.case_id == case.id)))
-        timers = {(r[0], r[1]) for r in session.execute(
+        groups: dict[str, list[str]] = {}
+        for tid, group in conn.execute(
+                select(_CANDIDATES.c.task_id, _CANDIDATES.c.group_name)
+                .join(_OPEN, _OPEN.c.id == _CANDIDATES.c.task_id).where(_OPEN.c.case_id == case.id)):
+            groups.setdefault(tid, []).append(group)
+        open_tasks = {
+            r.id: OpenInfo(r.name, r.spec, r.lane, r.form, r.assignee, r.priority, r.sla_policy,
+                           _aware(r.due_at), _aware(r.created_at), tuple(sorted(groups.get(r.id, []))))
+            for r in conn.execute(select(_OPEN).where(_OPEN.c.case_id == case.id))
+        }
+        timers = {(r[0], _aware(r[1])) for r in conn.execute(
             select(Timer.task_id, Timer.due_at).where(Timer.case_id == case.id, Timer.status != "fired"))}
-        subs = {(r[0], r[1]) for r in session.execute(
+        subs = {(r[0], r[1]) for r in conn.execute(
             select(MessageSubscription.task_id, MessageSubscription.message)
             .where(MessageSubscription.case_id == case.id))}
-        return LiveCase(wf, version, case.lock_version, {r[2] for r in rows}, open_ids, timers, subs)
+        return LiveCase(wf, version, case.lock_version, {r[2] for r in rows}, open_tasks, timers, subs)
 
     def _save(self, cmd: Command, info: CommandInfo) -> None:
-        session, case, live, wf = cmd.session, cmd.case, cmd.live, cmd.workflow
+        case, live, wf = cmd.case, cmd.live, cmd.workflow
         now = cmd.now
 
         dirty, removed = spiff.changed_tasks(wf, cmd.started, live.saved_tasks)
-        inserts, updates = [], []
+        rows = []
         for key, task in dirty:
             tid = str(task.id)
-            row = {"case_id": case.id, "task_id": tid, "workflow": key, "state": task.state,
-                   "body": spiff.task_body(task)}
-            if tid in live.saved_tasks:
-                updates.append(row)
-            else:
+            seq = 0
+            if tid not in live.saved_tasks:
                 case.task_seq += 1
-                row["seq"] = case.task_seq
-                inserts.append(row)
-        if inserts:
-            session.execute(CaseTask.__table__.insert(), inserts)
-        if updates:
-            session.execute(
-                update(CaseTask.__table__)
-                .where(CaseTask.__table__.c.case_id == _bp("b_case"), CaseTask.__table__.c.task_id == _bp("b_task"))
-                .values(state=_bp("state"), body=_bp("body"), workflow=_bp("workflow")),
-                [{"b_case": r["case_id"], "b_task": r["task_id"], "state": r["state"], "body": r["body"],
-                  "workflow": r["workflow"]} for r in updates],
-            )
+                seq = case.task_seq
+                live.saved_tasks.add(tid)
+            rows.append({"case_id": case.id, "task_id": tid, "seq": seq, "workflow": key, "state": task.state,
+                         "body": spiff.task_body(task)})
+        _UPSERT_TASKS.executemany(cmd.session, rows)
         if removed:
-            session.execute(delete(CaseTask).where(CaseTask.case_id == case.id, CaseTask.task_id.in_(removed)))
-        live.saved_tasks = (live.saved_tasks - removed) | {r["task_id"] for r in inserts}
+            _DELETE_TASK.executemany(cmd.session, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
+            live.saved_tasks -= removed
 
         self._save_open_tasks(cmd)
         self._save_timers(cmd)
@@ -302,13 +410,14 @@ class Runtime:
 
         # Case header and status.
         last = wf.last_task
-        case.data = _json_safe(dict(last.data)) if last is not None else case.data
+        if last is not None:
+            case.data = _json_safe(last.data)
         if case.status == "cancelled":
             pass
         elif wf.completed:
             case.status = "completed"
             case.ended_at = case.ended_at or now
-        elif cmd.incident is not None or wf.get_tasks(state=TaskState.ERROR):
+        elif cmd.incident is not None or (case.status == "error" and wf.get_tasks(state=TaskState.ERROR)):
             case.status = "error"
         else:
             case.status = "running" if live.open_tasks else "waiting"
@@ -320,14 +429,21 @@ class Runtime:
             cmd.events.append({"type": note.get("type", "note"), "actor": "system", "task_id": note.get("task_id"),
                                "task": note.get("task"), "payload": note.get("payload", {})})
         self._write_events(cmd)
+        case.tasks = self.open_task_dicts(cmd)
+        _UPDATE_CASE.execute(cmd.session, {
+            "id": case.id, "status": case.status, "data": case.data, "state": case.state,
+            "lock_version": case.lock_version, "task_seq": case.task_seq, "event_seq": case.event_seq,
+            "last_hash": case.last_hash, "updated_at": case.updated_at, "ended_at": case.ended_at,
+        })
 
     def _save_open_tasks(self, cmd: Command) -> None:
-        session, case, live = cmd.session, cmd.case, cmd.live
+        case, live = cmd.case, cmd.live
         current = {str(t.id): t for t in spiff.open_user_tasks(cmd.workflow)}
-        gone = live.open_tasks - current.keys()
+        gone = [tid for tid in live.open_tasks if tid not in current]
         if gone:
-            session.execute(delete(TaskCandidate).where(TaskCandidate.task_id.in_(gone)))
-            session.execute(delete(OpenTask).where(OpenTask.id.in_(gone)))
+            _DELETE_OPEN.executemany(cmd.session, [{"id": tid} for tid in gone])
+            for tid in gone:
+                del live.open_tasks[tid]
         new_rows, candidate_rows = [], []
         for tid, task in current.items():
             if tid in live.open_tasks:
@@ -335,24 +451,27 @@ class Runtime:
             info = spiff.user_task_info(task)
             due = None
             if info.sla_policy and self.due_calculator is not None:
-                due = self.due_calculator(info.sla_policy, cmd.now, case.id, session)
+                due = self.due_calculator(info.sla_policy, cmd.now, case.id, cmd.session)
+            rank = task.data.get("priority_rank", 0)
+            priority = int(rank) if isinstance(rank, int | float) and not isinstance(rank, bool) else 0
+            groups = tuple(sorted(task_groups(info.lane)))
+            live.open_tasks[tid] = OpenInfo(info.name, info.spec, info.lane, info.form, None, priority,
+                                            info.sla_policy, due, cmd.now, groups)
             new_rows.append({
                 "id": tid, "case_id": case.id, "process_key": case.process_key, "spec": info.spec,
-                "name": info.name, "lane": info.lane, "form": info.form, "assignee": None,
-                "priority": int(task.data.get("priority_rank", 0) or 0) if isinstance(
-                    task.data.get("priority_rank", 0), int | float) else 0,
+                "name": info.name, "lane": info.lane, "form": info.form, "assignee": None, "priority": priority,
                 "sla_policy": info.sla_policy, "due_at": due, "draft": None, "created_at": cmd.now,
             })
-            for g in sorted(task_groups(info.lane)):
+            for g in groups:
                 candidate_rows.append({"task_id": tid, "group_name": g})
         if new_rows:
-            session.execute(OpenTask.__table__.insert(), new_rows)
-        if candidate_rows:
-            session.execute(TaskCandidate.__table__.insert(), candidate_rows)
-        live.open_tasks = set(current)
+            _INSERT_OPEN.executemany(cmd.session, new_rows)
+            _INSERT_CANDIDATE.executemany(cmd.session, candidate_rows)
 
     def _save_timers(self, cmd: Command) -> None:
         session, case, live = cmd.session, cmd.case, cmd.live
+        if not live.timers and not cmd.workflow.event_manager.tasks:
+            return
         current = {(t.task_id, t.due_at): t for t in spiff.pending_timers(cmd.workflow)}
         gone = live.timers - current.keys()
         for task_id, due in gone:
@@ -367,6 +486,8 @@ class Runtime:
 
     def _save_subscriptions(self, cmd: Command) -> None:
         session, case, live = cmd.session, cmd.case, cmd.live
+        if not live.subscriptions and not cmd.workflow.event_manager.tasks:
+            return
         current = set(spiff.waiting_messages(cmd.workflow))
         for task_id, _name in live.subscriptions - current:
             session.execute(delete(MessageSubscription).where(
@@ -389,9 +510,22 @@ class Runtime:
                          "actor": ev["actor"], "task_id": ev["task_id"], "task": ev["task"], "payload": payload,
                          "prev_hash": prev, "hash": h})
             prev = h
-        if rows:
-            cmd.session.execute(CaseEvent.__table__.insert(), rows)
+        _INSERT_EVENT.executemany(cmd.session, rows)
         case.last_hash = prev
+
+    # --- what a command returns -------------------------------------------------------------
+
+    @staticmethod
+    def open_task_dicts(cmd: Command) -> list[dict[str, Any]]:
+        """Open tasks as the API shows them, from memory at the end of a command."""
+        case = cmd.case
+        return [open_task_dict(tid, case.id, case.process_key, info)
+                for tid, info in sorted(cmd.live.open_tasks.items(), key=lambda kv: (kv[1].created_at, kv[0]))]
+
+    @staticmethod
+    def set_assignee(cmd: Command, task_id: str, assignee: str | None) -> None:
+        _SET_ASSIGNEE.execute(cmd.session, {"id": task_id, "assignee": assignee})
+        cmd.live.open_tasks[task_id].assignee = assignee
 
     def _after_commit(self, cmd: Command) -> None:
         for hook in self.on_commit:
@@ -401,14 +535,39 @@ class Runtime:
                 log.exception("after-commit hook failed")
 
 
-def _bp(name: str) -> Any:
-    from sqlalchemy import bindparam
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
 
-    return bindparam(name)
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def open_task_dict(task_id: str, case_id: int, process_key: str, info: OpenInfo) -> dict[str, Any]:
+    groups = list(info.groups) or sorted(task_groups(info.lane))
+    return {
+        "id": task_id, "instance": case_id, "process": process_key, "name": info.name, "spec": info.spec,
+        "lane": info.lane, "candidate_groups": groups, "assignee": info.assignee,
+        "state": "claimed" if info.assignee else "ready", "due": _iso(info.due_at),
+        "created_at": _iso(info.created_at), "form_name": info.form, "priority": info.priority,
+        "sla_policy": info.sla_policy,
+    }
+
+
+def instance_dict(case: Any, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": case.id, "process": case.process_key, "version": case.version, "status": case.status,
+        "data": case.data or {}, "tasks": tasks, "created_at": _iso(_aware(case.created_at)),
+        "updated_at": _iso(_aware(case.updated_at)), "ended_at": _iso(_aware(case.ended_at)),
+        "started_by": case.started_by,
+    }
 
 
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
 
 
 SYSTEM_ACTOR = SYSTEM

@@ -60,6 +60,13 @@ _ALLOWED_NODES: tuple[type[ast.AST], ...] = (
     ast.RShift, ast.Assert,
 )
 
+# Builtins that would reach the interpreter; refused by name so the error is clear at deployment.
+_FORBIDDEN_NAMES = frozenset({
+    "exec", "eval", "compile", "open", "input", "globals", "locals", "vars", "dir", "getattr", "setattr",
+    "delattr", "hasattr", "type", "object", "super", "help", "breakpoint", "memoryview", "classmethod",
+    "staticmethod", "property", "print", "exit", "quit", "id", "callable", "issubclass", "isinstance",
+})
+
 # Names the sandbox injects after validation; user code can never spell them (leading "_").
 _TICK, _POW, _MUL, _LSHIFT = "_sb_tick", "_sb_pow", "_sb_mul", "_sb_lshift"
 
@@ -80,6 +87,8 @@ class _Validator(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id.startswith("_"):
             self.fail(node, f"name '{node.id}' is not allowed (names may not start with '_')")
+        if node.id in _FORBIDDEN_NAMES:
+            self.fail(node, f"'{node.id}' is not allowed in expressions and scripts")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if node.attr not in _SAFE_ATTRIBUTES:
@@ -201,10 +210,12 @@ class _Budget:
     def __init__(self, steps: int) -> None:
         self.left = steps
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        # Returns True because comprehensions call it as their first filter.
         self.left -= 1
         if self.left < 0:
             raise ScriptError(f"script exceeded its budget of {MAX_STEPS} steps")
+        return True
 
 
 def _globals(functions: Mapping[str, Callable[..., Any]]) -> dict[str, Any]:

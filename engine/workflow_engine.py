@@ -34,7 +34,7 @@ from .models import (
     Timer,
     utcnow,
 )
-from .runtime import Command, DueCalculator, Runtime, require_open
+from .runtime import Command, DueCalculator, OpenInfo, Runtime, instance_dict, open_task_dict, require_open
 from .services import HandlerRegistry
 from .specs import SpecStore
 
@@ -183,64 +183,60 @@ class WorkflowEngine:
         actor.require_writer()
         if data is not None and not isinstance(data, dict):
             raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
-        with self.db.read() as session:
-            version = self.specs.latest(session, process_key)
-        case = self.runtime.create(process_key, version, dict(data or {}), actor)
-        return self.get_case(case.id, SYSTEM)
+        return self.runtime.create(process_key, dict(data or {}), actor).to_dict()
 
     def claim(self, task_id: str, actor: Actor) -> dict[str, Any]:
-        def apply(cmd: Command) -> None:
-            row = self._open_row(cmd.session, task_id)
-            self._check_may_work(cmd.session, row, actor)
-            if row.assignee and row.assignee != actor.username:
-                raise Conflict(f"task {task_id} is held by {row.assignee}")
-            if row.assignee != actor.username:
-                row.assignee = actor.username
-                task = spiff.find_task(cmd.workflow, task_id)
-                cmd.record("task_claimed", task, {})
+        def apply(cmd: Command) -> dict[str, Any]:
+            info = self._open_info(cmd, task_id)
+            self._check_may_work(task_id, info, actor)
+            if info.assignee and info.assignee != actor.username:
+                raise Conflict(f"task {task_id} is held by {info.assignee}")
+            if info.assignee != actor.username:
+                self.runtime.set_assignee(cmd, task_id, actor.username)
+                cmd.record("task_claimed", spiff.find_task(cmd.workflow, task_id), {})
+            return open_task_dict(task_id, cmd.case.id, cmd.case.process_key, info)
 
-        self.runtime.execute(self._case_of_task(task_id), actor, apply)
-        return self.get_task(task_id, actor, with_form=False)
+        return self.runtime.execute_for_task(task_id, actor, apply)[1]
 
     def unclaim(self, task_id: str, actor: Actor) -> dict[str, Any]:
-        def apply(cmd: Command) -> None:
-            row = self._open_row(cmd.session, task_id)
-            self._check_may_work(cmd.session, row, actor)
-            if row.assignee and row.assignee != actor.username and not actor.groups & {"admin", "supervisor"}:
-                raise Conflict(f"task {task_id} is held by {row.assignee}")
-            if row.assignee is not None:
-                row.assignee = None
+        def apply(cmd: Command) -> dict[str, Any]:
+            info = self._open_info(cmd, task_id)
+            self._check_may_work(task_id, info, actor)
+            if info.assignee and info.assignee != actor.username and not actor.groups & {"admin", "supervisor"}:
+                raise Conflict(f"task {task_id} is held by {info.assignee}")
+            if info.assignee is not None:
+                self.runtime.set_assignee(cmd, task_id, None)
                 cmd.record("task_unclaimed", spiff.find_task(cmd.workflow, task_id), {})
+            return open_task_dict(task_id, cmd.case.id, cmd.case.process_key, info)
 
-        self.runtime.execute(self._case_of_task(task_id), actor, apply)
-        return self.get_task(task_id, actor, with_form=False)
+        return self.runtime.execute_for_task(task_id, actor, apply)[1]
 
     def assign(self, task_id: str, assignee: str | None, actor: Actor) -> dict[str, Any]:
         """Supervisors hand a task to someone (or back to the group)."""
         actor.require({"admin", "supervisor"}, "reassigning tasks")
 
-        def apply(cmd: Command) -> None:
-            row = self._open_row(cmd.session, task_id)
-            row.assignee = assignee
+        def apply(cmd: Command) -> dict[str, Any]:
+            info = self._open_info(cmd, task_id)
+            self.runtime.set_assignee(cmd, task_id, assignee)
             cmd.record("task_assigned", spiff.find_task(cmd.workflow, task_id), {"assignee": assignee})
+            return open_task_dict(task_id, cmd.case.id, cmd.case.process_key, info)
 
-        self.runtime.execute(self._case_of_task(task_id), actor, apply)
-        return self.get_task(task_id, actor, with_form=False)
+        return self.runtime.execute_for_task(task_id, actor, apply)[1]
 
     def save_draft(self, task_id: str, data: dict[str, Any], actor: Actor) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
 
-        def apply(cmd: Command) -> None:
-            row = self._open_row(cmd.session, task_id)
-            self._check_may_work(cmd.session, row, actor)
-            if row.assignee and row.assignee != actor.username:
-                raise Conflict(f"task {task_id} is held by {row.assignee}")
-            row.draft = data
+        def apply(cmd: Command) -> dict[str, Any]:
+            info = self._open_info(cmd, task_id)
+            self._check_may_work(task_id, info, actor)
+            if info.assignee and info.assignee != actor.username:
+                raise Conflict(f"task {task_id} is held by {info.assignee}")
+            cmd.session.execute(update(OpenTask).where(OpenTask.id == task_id).values(draft=data))
             cmd.record("task_draft_saved", spiff.find_task(cmd.workflow, task_id), {"fields": sorted(data)})
+            return open_task_dict(task_id, cmd.case.id, cmd.case.process_key, info)
 
-        self.runtime.execute(self._case_of_task(task_id), actor, apply)
-        return self.get_task(task_id, actor, with_form=False)
+        return self.runtime.execute_for_task(task_id, actor, apply)[1]
 
     def complete_task(self, task_id: str, data: dict[str, Any] | None, actor: Actor) -> dict[str, Any]:
         data = {} if data is None else data
@@ -251,19 +247,18 @@ class WorkflowEngine:
             if cmd.case.status == "error":
                 raise Conflict(f"case {cmd.case.id} has an open incident; retry it first")
             task = require_open(cmd, task_id)
-            row = self._open_row(cmd.session, task_id)
-            self._check_may_work(cmd.session, row, actor)
-            if row.assignee and row.assignee != actor.username and not actor.system:
-                raise Conflict(f"task {task_id} is held by {row.assignee}")
-            form_name = spiff.user_task_info(task).form
-            schema = cmd.live.spec.forms.get(form_name) if form_name else None
+            info = self._open_info(cmd, task_id)
+            self._check_may_work(task_id, info, actor)
+            if info.assignee and info.assignee != actor.username and not actor.system:
+                raise Conflict(f"task {task_id} is held by {info.assignee}")
+            schema = cmd.live.spec.forms.get(info.form) if info.form else None
             forms.validate_submission(schema, data)
             task.data.update(data)
             task.run()
             cmd.record("task_completed", task, {"data": data})
 
-        case, _ = self.runtime.execute(self._case_of_task(task_id), actor, apply)
-        return self.get_case(case.id, SYSTEM)
+        case, _ = self.runtime.execute_for_task(task_id, actor, apply)
+        return case.to_dict()
 
     def deliver_message(self, name: str, correlation: dict[str, Any] | None, payload: dict[str, Any] | None,
                         actor: Actor) -> list[int]:
@@ -349,8 +344,7 @@ class WorkflowEngine:
                 task._set_state(TaskState.READY)
             cmd.record("retried", None, {"tasks": [t.task_spec.bpmn_id or t.task_spec.name for t in failed]})
 
-        self.runtime.execute(case_id, actor, apply)
-        return self.get_case(case_id, SYSTEM)
+        return self.runtime.execute(case_id, actor, apply)[0].to_dict()
 
     def cancel(self, case_id: int, reason: str, actor: Actor) -> dict[str, Any]:
         actor.require({"admin", "supervisor"}, "cancelling a case")
@@ -363,8 +357,7 @@ class WorkflowEngine:
             cmd.case.ended_at = cmd.now
             cmd.record("case_cancelled", None, {"reason": reason})
 
-        self.runtime.execute(case_id, actor, apply)
-        return self.get_case(case_id, SYSTEM)
+        return self.runtime.execute(case_id, actor, apply)[0].to_dict()
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -428,28 +421,47 @@ class WorkflowEngine:
                 task["draft"] = row.draft
             return task
 
+    def element_states(self, case_id: int) -> dict[str, list[str]]:
+        """BPMN element ids of a case by state, from its stored task rows (to mark a diagram).
+
+        An element reached several times (a loop) is listed once, by its most pressing state.
+        """
+        kinds = {TaskState.COMPLETED: "completed", TaskState.READY: "active", TaskState.STARTED: "active",
+                 TaskState.WAITING: "waiting", TaskState.ERROR: "error"}
+        rank = {"error": 4, "active": 3, "waiting": 2, "completed": 1}
+        best: dict[str, str] = {}
+        import json
+        with self.db.read() as session:
+            if session.get(Case, case_id) is None:
+                raise NotFound(f"case {case_id} not found")
+            for state, body in session.execute(select(CaseTask.state, CaseTask.body)
+                                               .where(CaseTask.case_id == case_id)):
+                kind = kinds.get(state)
+                spec = json.loads(body).get("task_spec") if kind else None
+                if not isinstance(spec, str) or "." in spec or spec in ("Start", "End", "Root"):
+                    continue
+                if rank[kind] > rank.get(best.get(spec, ""), 0):
+                    best[spec] = kind
+        out: dict[str, list[str]] = {k: [] for k in rank}
+        for spec, kind in sorted(best.items()):
+            out[kind].append(spec)
+        return {"completed": out["completed"], "active": out["active"], "waiting": out["waiting"],
+                "error": out["error"]}
+
     # --- helpers ----------------------------------------------------------------------------
 
-    def _case_of_task(self, task_id: str) -> int:
-        with self.db.read() as session:
-            case_id = session.scalar(select(OpenTask.case_id).where(OpenTask.id == task_id))
-            if case_id is None:
-                case_id = session.scalar(select(CaseTask.case_id).where(CaseTask.task_id == task_id).limit(1))
-                if case_id is None:
-                    raise NotFound(f"task {task_id} not found")
-                raise Conflict(f"task {task_id} is not open")
-            return case_id
-
-    def _open_row(self, session: Session, task_id: str) -> OpenTask:
-        row = session.get(OpenTask, task_id)
-        if row is None:
+    @staticmethod
+    def _open_info(cmd: Command, task_id: str) -> OpenInfo:
+        info = cmd.live.open_tasks.get(task_id)
+        if info is None:
             raise Conflict(f"task {task_id} is not open")
-        return row
+        return info
 
-    def _check_may_work(self, session: Session, row: OpenTask, actor: Actor) -> None:
-        groups = frozenset(session.scalars(select(TaskCandidate.group_name).where(TaskCandidate.task_id == row.id)))
-        if not may_work_task(actor, groups, row.assignee):
-            raise Forbidden(f"task {row.id} belongs to group(s) {', '.join(sorted(groups))}")
+    @staticmethod
+    def _check_may_work(task_id: str, info: OpenInfo, actor: Actor) -> None:
+        groups = frozenset(info.groups)
+        if not may_work_task(actor, groups, info.assignee):
+            raise Forbidden(f"task {task_id} belongs to group(s) {', '.join(sorted(groups))}")
 
     def _check_case_read(self, session: Session, case: Case, actor: Actor) -> None:
         if actor.system or actor.groups & CASE_READERS or case.started_by == actor.username:
@@ -489,11 +501,7 @@ class WorkflowEngine:
         } for r in rows]
 
     def _case_dict(self, case: Case, tasks: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": case.id, "process": case.process_key, "version": case.version, "status": case.status,
-            "data": case.data or {}, "tasks": tasks, "created_at": _iso(case.created_at),
-            "updated_at": _iso(case.updated_at), "ended_at": _iso(case.ended_at), "started_by": case.started_by,
-        }
+        return instance_dict(case, tasks)
 
     def reset_caches(self) -> None:
         self.runtime.cache.clear()

@@ -1,0 +1,69 @@
+"""Fixed statements of the command hot path, run on the driver's cursor.
+
+A command writes a handful of rows; going through SQLAlchemy's statement machinery costs more
+than the writes themselves. These statements are constants (never built from input), written
+once with ``:name`` parameters and translated to the driver's style, and values are bound the
+way SQLAlchemy's own column types store them so both paths read each other's rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+
+class Statement:
+    def __init__(self, sql: str, json_params: Iterable[str] = (), time_params: Iterable[str] = ()) -> None:
+        self.sql = " ".join(sql.split())
+        self._pg = re.sub(r":(\w+)", r"%(\1)s", self.sql)
+        self.json_params = frozenset(json_params)
+        self.time_params = frozenset(time_params)
+
+    def _bind(self, params: Mapping[str, Any], sqlite: bool) -> dict[str, Any]:
+        out = dict(params)
+        for name in self.json_params:
+            if name in out and out[name] is not None:
+                out[name] = json.dumps(out[name], separators=(",", ":"), ensure_ascii=False, default=str)
+        for name in self.time_params:
+            value = out.get(name)
+            if value is not None and sqlite:
+                # SQLAlchemy's SQLite DateTime format, UTC without offset.
+                out[name] = value.astimezone(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return out
+
+    def execute(self, session: Session, params: Mapping[str, Any]) -> Any:
+        cur, sqlite = _cursor(session)
+        cur.execute(self.sql if sqlite else self._pg, self._bind(params, sqlite))
+        return cur
+
+    def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        cur, sqlite = _cursor(session)
+        cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
+
+
+def _cursor(session: Session) -> tuple[Any, bool]:
+    conn = session.connection()
+    raw = conn.connection.driver_connection
+    return raw.cursor(), conn.dialect.name == "sqlite"
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """Read back a timestamp column fetched through a raw cursor."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def parse_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
