@@ -73,6 +73,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SCHEDULER=os.environ.get("AFTERCARE_SCHEDULER", "on"),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        # Behind HTTPS set AFTERCARE_SECURE_COOKIES=1 so the session cookie is never sent in clear.
+        SESSION_COOKIE_SECURE=os.environ.get("AFTERCARE_SECURE_COOKIES", "") in ("1", "true", "yes"),
+        SESSION_COOKIE_NAME="aftercare_session",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
         MAX_CONTENT_LENGTH=20 * 1024 * 1024,
         JSON_SORT_KEYS=False,
     )
@@ -92,7 +96,32 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api)
     register_error_handlers(app)
+
+    from web.auth import csrf_token
+    from web.i18n import init_i18n
+    from web.pages import register_pages
+
+    init_i18n(app)
+    register_pages(app)
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.after_request(security_headers)
     return app
+
+
+# No inline script anywhere (page scripts are files); bpmn-js styles SVG inline and uses data: fonts/images.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def security_headers(response: Any) -> Any:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
 
 
 def services(app: Flask) -> Services:

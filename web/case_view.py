@@ -1,0 +1,125 @@
+"""What the staff pages show about a case: SLA state, masked personal data, timers, links.
+
+The masking rule lives here and only here (``sees_personal_data``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from engine import Actor
+from engine.models import Timer, utcnow
+
+# Groups whose work needs the customer's phone and address (seed 002: access by role).
+PERSONAL_DATA_GROUPS = frozenset({"admin", "supervisor", "customer-care", "hotline", "dispatch", "technician",
+                                  "complaints"})
+_PHONE = re.compile(r"(phone|mobile|tel)$", re.I)
+_ADDRESS = re.compile(r"address$", re.I)
+SLA_STATES = ("on_time", "warning", "breached")
+WARNING_SHARE = 0.8  # the default warning point of an SLA (SPEC: 80 % of the target)
+
+
+def sees_personal_data(actor: Actor) -> bool:
+    return actor.system or bool(actor.groups & PERSONAL_DATA_GROUPS)
+
+
+def mask_phone(value: str) -> str:
+    digits = value.strip()
+    if len(digits) <= 4:
+        return "*" * len(digits)
+    keep = 3 if len(digits) >= 10 else 1
+    return digits[:keep] + "*" * (len(digits) - keep - 4) + digits[-4:]
+
+
+def mask_address(value: str) -> str:
+    text = value.strip()
+    return text[: min(6, len(text) // 3)] + "****" if text else text
+
+
+def masked(data: Any, actor: Actor) -> Any:
+    """A copy of case data (or a history payload) with phone numbers and addresses masked."""
+    if sees_personal_data(actor):
+        return data
+    return _mask(data)
+
+
+def _mask(data: Any, key: str = "") -> Any:
+    if isinstance(data, Mapping):
+        return {k: _mask(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_mask(v, key) for v in data]
+    if isinstance(data, str) and key:
+        if _PHONE.search(key):
+            return mask_phone(data)
+        if _ADDRESS.search(key):
+            return mask_address(data)
+    return data
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def sla_state(task: Mapping[str, Any], now: dt.datetime | None = None) -> str | None:
+    """on_time, warning or breached; the SLA module's own verdict wins when the task carries one."""
+    given = task.get("sla_state")
+    if isinstance(given, str) and given:
+        return {"ok": "on_time", "met": "on_time", "due": "on_time", "warn": "warning",
+                "overdue": "breached"}.get(given, given)
+    due = parse_time(task.get("due"))
+    if due is None:
+        return None
+    now = now or utcnow()
+    if due <= now:
+        return "breached"
+    created = parse_time(task.get("created_at"))
+    if created is not None and due > created and (now - created) >= (due - created) * WARNING_SHARE:
+        return "warning"
+    return "on_time"
+
+
+def pending_timers(db: Any, case_id: int) -> list[dict[str, Any]]:
+    with db.read() as session:
+        rows = session.scalars(select(Timer).where(Timer.case_id == case_id, Timer.status != "fired")
+                               .order_by(Timer.due_at))
+        return [{"id": t.id, "spec": t.spec, "kind": t.kind, "due": t.due_at.isoformat(), "status": t.status}
+                for t in rows]
+
+
+def linked_cases(data: Mapping[str, Any]) -> list[int]:
+    """Case ids from the case data field ``linked_cases`` (ids, or objects with an ``id``/``case``)."""
+    raw = data.get("linked_cases") or []
+    if not isinstance(raw, list):
+        raw = [raw]
+    out: list[int] = []
+    for item in raw:
+        value = item.get("id", item.get("case")) if isinstance(item, Mapping) else item
+        try:
+            out.append(int(value))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def earlier_answers(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What people entered in the case's completed tasks, newest first."""
+    answers = []
+    for ev in history:
+        if ev.get("type") == "task_completed" and isinstance(ev.get("payload"), Mapping):
+            data = ev["payload"].get("data")
+            if data:
+                answers.append({"task": ev.get("task"), "actor": ev.get("actor"), "at": ev.get("at"), "data": data})
+    return list(reversed(answers))
