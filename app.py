@@ -16,6 +16,7 @@ from flask.cli import FlaskGroup
 
 from engine import SYSTEM, Database, WorkflowEngine
 from engine.identity import add_user
+from engine.sla import SlaService
 from web.throttle import LoginThrottle
 
 ROOT = Path(__file__).resolve().parent
@@ -45,6 +46,8 @@ class Services:
     db: Database
     engine: WorkflowEngine
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    sla: SlaService | None = None
+    scheduler: Any = None  # the embedded timer worker of ``aftercare run``
     on_denied: Callable[[Exception], None] | None = None
     error_page: Callable[[int, str, list[dict[str, Any]]], str] | None = None
 
@@ -88,13 +91,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     db = Database(app.config["DATABASE_URL"])
     # Tests and embedders may bring their own handler set (the engine is not tied to ours).
-    engine = WorkflowEngine(db, app.config.get("HANDLER_REGISTRY") or build_registry())
-    app.extensions["aftercare"] = Services(db=db, engine=engine)
+    # SLA policies give timer expressions sla_due()/sla_cycle() and user tasks their due dates.
+    sla = SlaService(db)
+    engine = WorkflowEngine(db, app.config.get("HANDLER_REGISTRY") or build_registry(),
+                            functions=sla.functions(), due_calculator=sla)
+    app.extensions["aftercare"] = Services(db=db, engine=engine, sla=sla)
 
     from web.api import api
+    from web.api_sla import api_sla
     from web.errors import register_error_handlers
 
     app.register_blueprint(api)
+    app.register_blueprint(api_sla)
     register_error_handlers(app)
 
     from web.auth import csrf_token
@@ -147,6 +155,10 @@ def init_command(ctx: click.Context) -> None:
     svc = services(current_app)
     svc.db.migrate()
     click.echo(f"database ready: {svc.db.engine.url.render_as_string(hide_password=True)}")
+    if svc.sla is not None:
+        with svc.db.write() as s:
+            created = svc.sla.ensure_defaults(s)
+        click.echo(f"SLA defaults: added {', '.join(created)}" if created else "SLA policies and calendars present")
     paths = bundled_paths(current_app)
     if not any(any(Path(p).glob("*.bpmn")) for p in paths):
         click.echo("no bundled processes to deploy")
@@ -210,6 +222,199 @@ def demo_staff() -> None:
     click.echo("Demo staff (username / password / groups):")
     for username, title, groups in DEMO_STAFF:
         click.echo(f"  {username:<12} {DEMO_PASSWORD}   {', '.join(groups):<16} {title}")
+
+
+# --- timers and SLA ------------------------------------------------------------------------------
+
+
+def start_scheduler(app: Flask) -> Any:
+    """Start the embedded timer worker (``aftercare run``); stopped when the process exits."""
+    import atexit
+
+    from engine.scheduler import TimerWorker
+
+    svc = services(app)
+    if svc.scheduler is None:
+        svc.scheduler = TimerWorker(svc.engine).start()
+        atexit.register(svc.scheduler.stop, False)
+    return svc.scheduler
+
+
+def _run_with_scheduler(**kwargs: Any) -> Any:
+    from flask.cli import ScriptInfo, get_debug_flag
+    from flask.cli import run_command as flask_run
+    from werkzeug.serving import is_running_from_reloader
+
+    ctx = click.get_current_context()
+    app = ctx.ensure_object(ScriptInfo).load_app()
+    reloading = kwargs.get("reload")
+    if reloading is None:
+        reloading = get_debug_flag()
+    # With the reloader only the serving child runs timers, never the watching parent.
+    if str(app.config.get("SCHEDULER", "on")).lower() not in ("off", "0", "false", "no") and (
+            not reloading or is_running_from_reloader()):
+        start_scheduler(app)
+        click.echo("timer scheduler: embedded (set AFTERCARE_SCHEDULER=off to run `aftercare worker` instead)")
+    return ctx.invoke(flask_run, **kwargs)
+
+
+def _add_run_command() -> None:
+    from flask.cli import run_command as flask_run
+
+    cli.add_command(click.Command("run", params=list(flask_run.params), callback=_run_with_scheduler,
+                                  help="Serve the application, with the embedded timer scheduler unless "
+                                       "AFTERCARE_SCHEDULER=off.", short_help="Run the server and timers."))
+
+
+_add_run_command()
+
+
+@cli.command("worker")
+@click.option("--name", default=None, help="worker name in claims (default host:pid)")
+@click.option("--lease", default=60.0, show_default=True, help="seconds a claimed timer stays reserved")
+@click.option("--sweep", default=10.0, show_default=True, help="seconds between safety sweeps")
+@click.option("--threads", default=None, type=int, help="parallel firing threads (default 1 on SQLite, 4 else)")
+def worker_command(name: str | None, lease: float, sweep: float, threads: int | None) -> None:
+    """Run the timer worker in the foreground (fires timers and SLA escalations)."""
+    from flask import current_app
+
+    from engine.scheduler import TimerWorker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("spiff").setLevel(logging.WARNING)
+    worker = TimerWorker(services(current_app).engine, name, lease=lease, sweep=sweep, threads=threads)
+    click.echo(f"timer worker {worker.name} running; Ctrl-C stops it")
+    try:
+        worker.run_forever()
+    except (KeyboardInterrupt, SystemExit):
+        worker.stop(wait=False)
+
+
+def _sla_service() -> tuple[Services, SlaService]:
+    from flask import current_app
+
+    svc = services(current_app)
+    assert svc.sla is not None
+    return svc, svc.sla
+
+
+def _echo_json(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _or_exit(fn: Callable[[], Any]) -> Any:
+    from engine import EngineError
+
+    try:
+        return fn()
+    except EngineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        for e in getattr(exc, "errors", None) or []:
+            click.echo(f"  {e.get('field')}: {e.get('message')}", err=True)
+        raise SystemExit(1) from None
+
+
+@cli.group("sla")
+def sla_group() -> None:
+    """Read and change SLA policies (a change adds a version)."""
+
+
+@sla_group.command("list")
+def sla_list() -> None:
+    """Policies in force."""
+    svc, sla = _sla_service()
+    with svc.db.read() as s:
+        for p in sla.policies(s):
+            steps = ", ".join(f"{st.action}{'→' + st.group if st.group else ''}@+{st.after}" for st in p.escalation)
+            click.echo(f"{p.name:<32} v{p.version:<3} {p.target:<7} {p.calendar:<6} warn {p.warn_ratio:.0%}"
+                       f"  {steps}")
+
+
+@sla_group.command("show")
+@click.argument("name")
+def sla_show(name: str) -> None:
+    """One policy with every version."""
+    svc, sla = _sla_service()
+    with svc.db.read() as s:
+        _echo_json([v.to_dict() for v in _or_exit(lambda: sla.versions(s, name))])
+
+
+@sla_group.command("set")
+@click.argument("name")
+@click.option("--target", help="ISO 8601 duration, e.g. PT4H or P1D (one working day on a business calendar)")
+@click.option("--calendar", help="'24x7' or a business calendar name")
+@click.option("--warn-ratio", type=float, help="warn at this share of the target (0.8 = 80 %)")
+@click.option("--escalation", help='JSON list of steps, e.g. [{"after":"PT0S","action":"notify_group",'
+                                   '"group":"supervisor"}]')
+@click.option("--description")
+def sla_set(name: str, target: str | None, calendar: str | None, warn_ratio: float | None,
+            escalation: str | None, description: str | None) -> None:
+    """Change a policy (unspecified fields keep their current value); applies to timers set from now on."""
+    import json
+
+    from engine import NotFound
+
+    svc, sla = _sla_service()
+    with svc.db.write() as s:
+        try:
+            data = sla.policy(s, name).to_dict()
+        except NotFound:
+            data = {"name": name}
+        for key, value in (("target", target), ("calendar", calendar), ("warn_ratio", warn_ratio),
+                           ("description", description)):
+            if value is not None:
+                data[key] = value
+        if escalation is not None:
+            try:
+                data["escalation"] = json.loads(escalation)
+            except ValueError as exc:
+                raise click.BadParameter(f"not JSON: {exc}", param_hint="--escalation") from None
+        data = {k: v for k, v in data.items() if k not in ("version", "created_at", "created_by")}
+        policy, changed = _or_exit(lambda: sla.set_policy(s, data, SYSTEM, name=name))
+    click.echo(f"{name}: version {policy.version}" + ("" if changed else " (unchanged)"))
+
+
+@cli.group("calendar")
+def calendar_group() -> None:
+    """Read and change business calendars (working hours, holidays, make-up days)."""
+
+
+@calendar_group.command("show")
+@click.argument("name", default="china")
+@click.option("--year", type=int, help="only this year's holidays and make-up days")
+def calendar_show(name: str, year: int | None) -> None:
+    """Show a calendar as JSON."""
+    svc, sla = _sla_service()
+    with svc.db.read() as s:
+        info = _or_exit(lambda: sla.calendar_info(s, name))
+    if year is not None:
+        info["years"] = {str(year): info.get("years", {}).get(str(year), {"holidays": [], "makeup_days": []})}
+    _echo_json(info)
+
+
+@calendar_group.command("set-year")
+@click.argument("name")
+@click.argument("year", type=int)
+@click.option("--holiday", "holidays", multiple=True, help="a public holiday YYYY-MM-DD (repeatable)")
+@click.option("--makeup", "makeup_days", multiple=True, help="a make-up working day (调休) YYYY-MM-DD (repeatable)")
+@click.option("--from-package", is_flag=True, help="take the year from the `holidays` package (mainland China)")
+def calendar_set_year(name: str, year: int, holidays: tuple[str, ...], makeup_days: tuple[str, ...],
+                      from_package: bool) -> None:
+    """Replace one year's holidays and make-up working days of a calendar."""
+    from engine.calendars import china_calendar
+
+    svc, sla = _sla_service()
+    if from_package:
+        source = china_calendar(year)
+        holidays = tuple(sorted(d.isoformat() for d in source.holidays))
+        makeup_days = tuple(sorted(d.isoformat() for d in source.makeup_days))
+    with svc.db.write() as s:
+        info = _or_exit(lambda: sla.set_calendar_year(s, name, year, holidays, makeup_days, SYSTEM))
+    entry = info["years"].get(str(year), {"holidays": [], "makeup_days": []})
+    click.echo(f"{name} {year}: {len(entry['holidays'])} holidays, {len(entry['makeup_days'])} make-up days "
+               f"(calendar version {info['version']})")
 
 
 if __name__ == "__main__":

@@ -238,11 +238,17 @@ class OutboxMessage(Base):
     subject: Mapped[str] = mapped_column(String(255), default="")
     body: Mapped[str] = mapped_column(Text, default="")
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)  # pending|sending|sent|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    # Delivery (handlers/outbox.py, migration 0005_surveys): the idempotency key sent as
+    # Message-ID, when a failed message is tried again, and the sender's lease on the row.
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(120))
 
 
 class CaseEvent(Base):

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.exceptions import SpiffWorkflowException
@@ -50,6 +50,26 @@ DueCalculator = Callable[[str, dt.datetime, int, Session], dt.datetime | None]
 
 @dataclass
 class OpenInfo:
+@runtime_checkable
+class TaskClock(Protocol):
+    """A due calculator that also keeps SLA clocks (engine/sla.py): told, inside the command,
+    when tasks with a policy open and close, and after the open tasks are saved (pauses)."""
+
+    def __call__(self, policy: str, opened_at: dt.datetime, case_id: int, session: Session) -> dt.datetime | None:
+        ...
+
+    def task_opened(self, cmd: Command, task_id: str, spec: str,
+                    policy: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """Start the task's clock; returns (due, warn_at), None without a known policy."""
+        ...
+
+    def tasks_closed(self, cmd: Command, task_ids: list[str]) -> None: ...
+
+    def tasks_saved(self, cmd: Command) -> None: ...
+
+    def load_open(self, session: Session, open_tasks: dict[str, OpenInfo]) -> None: ...
+
+
     """What the open-task projection holds for one task (kept in memory with the case)."""
 
     name: str
@@ -64,6 +84,8 @@ class OpenInfo:
     groups: tuple[str, ...] = ()
 
 
+    warn_at: dt.datetime | None = None  # SLA warning time (engine/sla.py)
+    sla_paused: bool = False
 @dataclass
 class LiveCase:
     """A case's workflow plus what was last written for it, valid for ``lock_version``."""
@@ -198,6 +220,7 @@ class Runtime:
         self.due_calculator = due_calculator
         self.cache = _CaseCache(cache_size)
         self.on_commit: list[Callable[[Command], None]] = []
+        self.task_clock: TaskClock | None = due_calculator if isinstance(due_calculator, TaskClock) else None
 
     # --- the door ---------------------------------------------------------------------------
 
@@ -229,6 +252,16 @@ class Runtime:
                         apply: Callable[[Command], Any]) -> tuple[Command, Any]:
         stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
         row = stmt.execute(session, {"id": case_id}).fetchone()
+    def preload(self, case_id: int) -> None:
+        """Load a case into the cache ahead of a command on it (the timer worker warms the cases
+        of timers due soon); harmless when stale, the command checks ``lock_version``."""
+        with self.db.read() as session:
+            row = _SELECT_CASE.execute(session, {"id": case_id}).fetchone()
+            if row is None:
+                return
+            live = self._load(session, CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True))))
+        self.cache.put(case_id, live)
+
         if row is None:
             raise NotFound(f"case {case_id} not found")
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
@@ -378,7 +411,8 @@ class Runtime:
             for r in conn.execute(select(_OPEN).where(_OPEN.c.case_id == case.id))
         }
         timers = {(r[0], _aware(r[1])) for r in conn.execute(
-            select(Timer.task_id, Timer.due_at).where(Timer.case_id == case.id, Timer.status != "fired"))}
+            select(Timer.task_id, Timer.due_at).where(Timer.case_id == case.id, Timer.status != "fired",
+                                                      Timer.kind != "sla"))}
         subs = {(r[0], r[1]) for r in conn.execute(
             select(MessageSubscription.task_id, MessageSubscription.message)
             .where(MessageSubscription.case_id == case.id))}
@@ -388,6 +422,9 @@ class Runtime:
         case, live, wf = cmd.case, cmd.live, cmd.workflow
         now = cmd.now
 
+        if self.task_clock is not None and any(i.sla_policy for i in open_tasks.values()):
+            self.task_clock.load_open(session, open_tasks)
+        # SLA checkpoints (kind "sla") are kept by the task clock, not by the workflow's timers.
         dirty, removed = spiff.changed_tasks(wf, cmd.started, live.saved_tasks)
         rows = []
         for key, task in dirty:
@@ -449,14 +486,16 @@ class Runtime:
             if tid in live.open_tasks:
                 continue
             info = spiff.user_task_info(task)
-            due = None
-            if info.sla_policy and self.due_calculator is not None:
+            due = warn_at = None
+            if info.sla_policy and self.task_clock is not None:
+                due, warn_at = self.task_clock.task_opened(cmd, tid, info.spec, info.sla_policy)
+            elif info.sla_policy and self.due_calculator is not None:
                 due = self.due_calculator(info.sla_policy, cmd.now, case.id, cmd.session)
             rank = task.data.get("priority_rank", 0)
             priority = int(rank) if isinstance(rank, int | float) and not isinstance(rank, bool) else 0
             groups = tuple(sorted(task_groups(info.lane)))
             live.open_tasks[tid] = OpenInfo(info.name, info.spec, info.lane, info.form, None, priority,
-                                            info.sla_policy, due, cmd.now, groups)
+                                            info.sla_policy, due, cmd.now, groups, warn_at)
             new_rows.append({
                 "id": tid, "case_id": case.id, "process_key": case.process_key, "spec": info.spec,
                 "name": info.name, "lane": info.lane, "form": info.form, "assignee": None, "priority": priority,
@@ -465,8 +504,11 @@ class Runtime:
             for g in groups:
                 candidate_rows.append({"task_id": tid, "group_name": g})
         if new_rows:
+            timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
             _INSERT_OPEN.executemany(cmd.session, new_rows)
             _INSERT_CANDIDATE.executemany(cmd.session, candidate_rows)
+            if timed and self.task_clock is not None:
+                self.task_clock.tasks_closed(cmd, timed)
 
     def _save_timers(self, cmd: Command) -> None:
         session, case, live = cmd.session, cmd.case, cmd.live
@@ -490,6 +532,8 @@ class Runtime:
             return
         current = set(spiff.waiting_messages(cmd.workflow))
         for task_id, _name in live.subscriptions - current:
+        if self.task_clock is not None and any(i.sla_policy for i in live.open_tasks.values()):
+            self.task_clock.tasks_saved(cmd)  # pauses and resumes while the case waits on the customer
             session.execute(delete(MessageSubscription).where(
                 MessageSubscription.case_id == case.id, MessageSubscription.task_id == task_id))
         rows = [{"case_id": case.id, "task_id": t, "message": m} for t, m in current - live.subscriptions]
@@ -552,7 +596,7 @@ def open_task_dict(task_id: str, case_id: int, process_key: str, info: OpenInfo)
         "lane": info.lane, "candidate_groups": groups, "assignee": info.assignee,
         "state": "claimed" if info.assignee else "ready", "due": _iso(info.due_at),
         "created_at": _iso(info.created_at), "form_name": info.form, "priority": info.priority,
-        "sla_policy": info.sla_policy,
+        "sla_policy": info.sla_policy, "warn_at": _iso(info.warn_at), "sla_state": sla_state(info),
     }
 
 
@@ -579,4 +623,18 @@ def require_open(cmd: Command, task_id: str) -> Task:
         raise NotFound(f"task {task_id} not found")
     if task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is not open (state {spiff.state_name(task)})")
+def sla_state(info: OpenInfo, now: dt.datetime | None = None) -> str | None:
+    """on_time | warning | breached | paused for a task with an SLA policy, else None."""
+    if info.sla_policy is None or info.due_at is None:
+        return None
+    if info.sla_paused:
+        return "paused"
+    now = now or utcnow()
+    if now >= info.due_at:
+        return "breached"
+    if info.warn_at is not None and now >= info.warn_at:
+        return "warning"
+    return "on_time"
+
+
     return task

@@ -19,6 +19,7 @@ from . import forms, spiff
 from .db import Database
 from .definitions import SourceFile, parse_bundle, read_source
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .fastsql import Statement, parse_time
 from .history import event_dict
 from .identity import DEPLOYERS, SYSTEM, Actor, may_see_task, may_work_task
 from .models import (
@@ -34,9 +35,23 @@ from .models import (
     Timer,
     utcnow,
 )
-from .runtime import Command, DueCalculator, OpenInfo, Runtime, instance_dict, open_task_dict, require_open
+from .runtime import (
+    Command,
+    DueCalculator,
+    OpenInfo,
+    Runtime,
+    instance_dict,
+    open_task_dict,
+    require_open,
+    sla_state,
+)
 from .services import HandlerRegistry
+from .sla import SLA_TIMER_KIND, SlaService
 from .specs import SpecStore
+
+# Marks a timer fired once: the row is only returned to the one command that changes it.
+_MARK_TIMER_FIRED = Statement("UPDATE timers SET status = 'fired', fired_at = :now WHERE id = :id "
+                              "AND status <> 'fired' RETURNING task_id, kind, due_at", time_params=("now",))
 
 CASE_READERS = frozenset({"admin", "supervisor", "auditor", "process-owner"})
 
@@ -297,40 +312,40 @@ class WorkflowEngine:
                 delivered.append(case_id)
         return delivered
 
-    def fire_timer(self, timer_id: int, actor: Actor = SYSTEM) -> bool:
-        with self.db.read() as session:
-            timer = session.get(Timer, timer_id)
-            if timer is None:
-                raise NotFound(f"timer {timer_id} not found")
-            case_id = timer.case_id
+    def fire_timer(self, timer_id: int, actor: Actor = SYSTEM, case_id: int | None = None) -> bool:
+        """Fire one timer row (a diagram's timer event or an SLA checkpoint) once: the row is
+        marked fired in the command that fires it, under the case's lock."""
+        if case_id is None:
+            with self.db.read() as session:
+                timer = session.get(Timer, timer_id)
+                if timer is None:
+                    raise NotFound(f"timer {timer_id} not found")
+                case_id = timer.case_id
 
         def apply(cmd: Command) -> bool:
-            row = cmd.session.get(Timer, timer_id)
-            if row is None or row.status == "fired":
+            row = _MARK_TIMER_FIRED.execute(cmd.session, {"id": timer_id, "now": cmd.now}).fetchone()
+            if row is None:  # gone with its task, or already fired by another worker
                 return False
-            fired = spiff.fire_timer(cmd.workflow, row.task_id)
-            row.status = "fired"
-            row.fired_at = cmd.now
+            task_id, kind, due_at = row[0], row[1], parse_time(row[2])
+            if kind == SLA_TIMER_KIND:
+                clock = self.runtime.task_clock
+                return clock.fire(cmd, task_id) if isinstance(clock, SlaService) else False
+            fired = spiff.fire_timer(cmd.workflow, task_id)
             if fired:
-                cmd.record("timer_fired", spiff.find_task(cmd.workflow, row.task_id),
-                           {"timer": row.id, "due_at": row.due_at.isoformat(), "kind": row.kind}, actor=actor.username)
-                cmd.live.timers.discard((row.task_id, row.due_at))
+                cmd.record("timer_fired", spiff.find_task(cmd.workflow, task_id),
+                           {"timer": timer_id, "due_at": due_at.isoformat(), "kind": kind}, actor=actor.username)
+                cmd.live.timers.discard((task_id, due_at))
             return fired
 
         _, fired = self.runtime.execute(case_id, actor, apply)
         return bool(fired)
 
     def fire_due_timers(self, now: dt.datetime | None = None, limit: int = 500) -> int:
-        """Fire every pending timer due by ``now``, oldest first (the scheduler calls this)."""
-        now = now or utcnow()
-        with self.db.read() as session:
-            ids = list(session.scalars(select(Timer.id).where(Timer.status == "pending", Timer.due_at <= now)
-                                       .order_by(Timer.due_at, Timer.id).limit(limit)))
-        fired = 0
-        for timer_id in ids:
-            if self.fire_timer(timer_id):
-                fired += 1
-        return fired
+        """Claim and fire every timer due by ``now``, oldest first, in this thread; returns how
+        many fired (``engine.scheduler.TimerWorker`` does the same continuously)."""
+        from .scheduler import fire_all_due
+
+        return fire_all_due(self, now or utcnow(), limit=limit)
 
     def retry(self, case_id: int, actor: Actor) -> dict[str, Any]:
         actor.require_writer()
@@ -493,12 +508,23 @@ class WorkflowEngine:
         for tid, g in session.execute(select(TaskCandidate.task_id, TaskCandidate.group_name)
                                       .where(TaskCandidate.task_id.in_([r.id for r in rows]))):
             groups.setdefault(tid, []).append(g)
-        return [{
-            "id": r.id, "instance": r.case_id, "process": r.process_key, "name": r.name, "spec": r.spec,
-            "lane": r.lane, "candidate_groups": sorted(groups.get(r.id, [])), "assignee": r.assignee,
-            "state": "claimed" if r.assignee else "ready", "due": _iso(r.due_at), "created_at": _iso(r.created_at),
-            "form_name": r.form, "priority": r.priority, "sla_policy": r.sla_policy,
-        } for r in rows]
+        clocks = self.runtime.task_clock.clock_view(session, [r.id for r in rows if r.sla_policy]) if isinstance(
+            self.runtime.task_clock, SlaService) else {}
+        now = utcnow()
+        out = []
+        for r in rows:
+            clock = clocks.get(r.id)
+            info = OpenInfo(r.name, r.spec, r.lane, r.form, r.assignee, r.priority, r.sla_policy, r.due_at,
+                            r.created_at, (), clock.warn_at if clock else None,
+                            clock is not None and clock.paused_since is not None)
+            out.append({
+                "id": r.id, "instance": r.case_id, "process": r.process_key, "name": r.name, "spec": r.spec,
+                "lane": r.lane, "candidate_groups": sorted(groups.get(r.id, [])), "assignee": r.assignee,
+                "state": "claimed" if r.assignee else "ready", "due": _iso(r.due_at),
+                "created_at": _iso(r.created_at), "form_name": r.form, "priority": r.priority,
+                "sla_policy": r.sla_policy, "warn_at": _iso(info.warn_at), "sla_state": sla_state(info, now),
+            })
+        return out
 
     def _case_dict(self, case: Case, tasks: list[dict[str, Any]]) -> dict[str, Any]:
         return instance_dict(case, tasks)

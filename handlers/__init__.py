@@ -7,4 +7,7 @@ from engine import HandlerRegistry
 
 def build_registry() -> HandlerRegistry:
     registry = HandlerRegistry()
+    from . import surveys
+
+    surveys.register(registry)
     return registry

@@ -176,3 +176,29 @@ def token_for(client: Any, username: str) -> dict[str, str]:
     res = client.post("/api/auth/token", json={"username": username, "password": PASSWORD})
     assert res.status_code == 200, res.get_json()
     return {"Authorization": f"Bearer {res.get_json()['token']}"}
+
+
+# --- timers and SLA (test_sla.py, test_escalation.py, test_scheduler.py) -------------------------
+
+
+@pytest.fixture
+def sla(db: Database) -> Any:
+    from engine.sla import SlaService
+
+    return SlaService(db)
+
+
+@pytest.fixture
+def sla_calls() -> list[tuple[str, Any]]:
+    return []
+
+
+@pytest.fixture
+def sla_engine(db: Database, sla: Any, sla_calls: list[tuple[str, Any]]) -> WorkflowEngine:
+    """Engine with SLA policies (defaults plus short test policies) and tests/timer_processes."""
+    from timer_support import TIMER_PROCESSES, build_engine, seed_policies
+
+    eng = build_engine(db, sla_calls, sla)
+    seed_policies(db, sla)
+    eng.deploy_paths([TIMER_PROCESSES], SYSTEM)
+    return eng

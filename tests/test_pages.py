@@ -332,6 +332,18 @@ def test_inbox_filters_searches_and_pages(client: Any, svc: Any) -> None:
     assert body(client.get("/")).count('class="task-link"') == 0  # register tasks belong to hotline
 
 
+def test_inbox_finds_the_procedures_nested_reference_and_customer(client: Any, svc: Any) -> None:
+    start(svc.engine, {"reference": {"case_ref": "CP-20261123-0007"},
+                       "customer": {"name": "赵敏", "phone": "13655556666"}})
+    login(client, "agent")
+    for q in ("CP-20261123-0007", "CP-2026", "赵敏", "1365555"):
+        page = body(client.get("/", query_string={"q": q}))
+        assert page.count('class="task-link"') == 1 and "CP-20261123-0007" in page, q
+    login(client, "boss")
+    page = body(client.get("/audit", query_string={"q": "赵敏"}))
+    assert page.count("data-case-id=") == 1 and "CP-20261123-0007" in page
+
+
 def test_inbox_shows_sla_state_in_colour_and_words(client: Any, svc: Any, case: dict[str, Any]) -> None:
     import datetime as dt
 

@@ -99,6 +99,15 @@ def pending_timers(db: Any, case_id: int) -> list[dict[str, Any]]:
                 for t in rows]
 
 
+def case_summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Case reference and customer, from the flat keys or the procedures' nested ones (as the inbox searches)."""
+    reference = data.get("reference") if isinstance(data.get("reference"), Mapping) else {}
+    customer = data.get("customer") if isinstance(data.get("customer"), Mapping) else {}
+    return {"case_ref": data.get("case_ref") or reference.get("case_ref"),
+            "customer_name": data.get("customer_name") or customer.get("name"),
+            "customer_phone": data.get("customer_phone") or customer.get("phone")}
+
+
 def linked_cases(data: Mapping[str, Any]) -> list[int]:
     """Case ids from the case data field ``linked_cases`` (ids, or objects with an ``id``/``case``)."""
     raw = data.get("linked_cases") or []

@@ -2,8 +2,8 @@
 
 With 100,000 open tasks a page costs one indexed query for the rows (the case summary
 fields come from the same join) and one for their candidate groups; searching by case
-reference, customer name or phone goes through the expression indexes of migration
-``0002_inbox_search``.
+reference, customer name or phone goes through the expression indexes of migrations
+``0002_inbox_search`` and ``0002_inbox_search_nested``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ from engine import Actor
 from engine.models import Case, OpenTask, TaskCandidate, utcnow
 
 SEARCHED_KEYS = ("case_ref", "customer_name", "customer_phone")
+# Where each searched value lives in case data: flat keys (intake) or the procedures' nested ones
+# (``reference`` from case.assign_reference, ``customer`` from the register forms).
+SEARCH_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "case_ref": (("case_ref",), ("reference", "case_ref")),
+    "customer_name": (("customer_name",), ("customer", "name")),
+    "customer_phone": (("customer_phone",), ("customer", "phone")),
+}
 SCOPES = ("mine", "group", "all")
 STATES = ("ready", "claimed", "breached")
 PAGE_SIZE = 50
@@ -45,23 +52,30 @@ class InboxPage:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def data_field(dialect: str, key: str) -> ColumnElement[Any]:
-    """``cases.data[key]`` as text, spelled exactly like the index expression so the index is used."""
-    if not _KEY.match(key):
-        raise ValueError(f"not a searchable key: {key}")
+def data_field(dialect: str, path: str | tuple[str, ...]) -> ColumnElement[Any]:
+    """``cases.data`` at ``path`` as text, spelled exactly like the index expression so the index is used."""
+    keys = (path,) if isinstance(path, str) else path
+    if not all(_KEY.match(k) for k in keys):
+        raise ValueError(f"not a searchable key: {path}")
     if dialect == "postgresql":
-        return literal_column(f"(cases.data->>'{key}')")
-    return literal_column(f"json_extract(cases.data, '$.{key}')")
+        head = "".join(f"->'{k}'" for k in keys[:-1])
+        return literal_column(f"(cases.data{head}->>'{keys[-1]}')")
+    return literal_column(f"json_extract(cases.data, '$.{'.'.join(keys)}')")
+
+
+def summary_field(dialect: str, key: str) -> ColumnElement[Any]:
+    """The first of the places a searched value may live (for showing it)."""
+    return func.coalesce(*[data_field(dialect, p) for p in SEARCH_PATHS[key]])
 
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _search_condition(dialect: str, text: str) -> ColumnElement[bool]:
+def search_condition(dialect: str, text: str) -> ColumnElement[bool]:
     conds: list[ColumnElement[bool]] = []
-    for key in SEARCHED_KEYS:
-        col = data_field(dialect, key)
+    for path in (p for key in SEARCHED_KEYS for p in SEARCH_PATHS[key]):
+        col = data_field(dialect, path)
         if dialect == "postgresql":
             conds.append(col.like(_escape_like(text) + "%", escape="\\"))
         else:
@@ -103,7 +117,7 @@ def inbox(session: Session, actor: Actor, f: InboxFilter, now: dt.datetime | Non
     text = (f.search or "").strip()
     counts = counts if counts is not None else scope_counts(session, actor)
     walk = bool(text) or counts.get(scope, counts.get("group", 0) + counts.get("mine", 0)) >= WALK_FROM
-    summary = [data_field(dialect, k).label(k) for k in SEARCHED_KEYS]
+    summary = [summary_field(dialect, k).label(k) for k in SEARCHED_KEYS]
     q = select(OpenTask, Case.status, *summary).join(Case, Case.id == OpenTask.case_id)
     visible = _visible(actor, scope, walk)
     if visible is not None:
@@ -119,7 +133,7 @@ def inbox(session: Session, actor: Actor, f: InboxFilter, now: dt.datetime | Non
     elif f.state == "breached":
         q = q.where(OpenTask.due_at < now)
     if text:
-        q = q.where(OpenTask.case_id.in_(select(Case.id).where(_search_condition(dialect, text))))
+        q = q.where(OpenTask.case_id.in_(select(Case.id).where(search_condition(dialect, text))))
     page = max(1, f.page)
     size = max(1, min(f.page_size, 200))
     offset = (page - 1) * size
@@ -168,4 +182,5 @@ def scope_counts(session: Session, actor: Actor) -> dict[str, int]:
     return counts
 
 
-__all__ = ["InboxFilter", "InboxPage", "inbox", "scope_counts", "data_field", "SEARCHED_KEYS"]
+__all__ = ["InboxFilter", "InboxPage", "inbox", "scope_counts", "data_field", "summary_field", "search_condition",
+           "SEARCHED_KEYS", "SEARCH_PATHS"]

@@ -1,4 +1,4 @@
-"""Read-only case browser (auditors; also admins and supervisors): every case, filterable."""
+"""Read-only case browser (auditors; also admins and supervisors): every case, filterable and searchable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from engine.models import Case
 
-from ..inbox_query import SEARCHED_KEYS, data_field
+from ..inbox_query import SEARCHED_KEYS, search_condition, summary_field
 from .common import actor, db, engine, may_audit, may_supervise, require, staff_page
 
 audit = Blueprint("audit", __name__)
@@ -27,7 +27,7 @@ def cases() -> str:
     page = max(1, request.args.get("page", 1, type=int) or 1)
     with db().read() as s:
         dialect = s.get_bind().dialect.name
-        fields = [data_field(dialect, k).label(k) for k in SEARCHED_KEYS]
+        fields = [summary_field(dialect, k).label(k) for k in SEARCHED_KEYS]
         q = select(Case.id, Case.process_key, Case.version, Case.status, Case.created_at, Case.updated_at,
                    Case.started_by, *fields)
         if process:
@@ -35,8 +35,7 @@ def cases() -> str:
         if status:
             q = q.where(Case.status == status)
         if text:
-            ref = data_field(dialect, "case_ref")
-            q = q.where(Case.id == int(text)) if text.isdigit() and len(text) < 18 else q.where(ref == text)
+            q = q.where(search_condition(dialect, text))
         rows = s.execute(q.order_by(Case.id.desc()).limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE)).all()
     return render_template("audit.html", rows=rows[:PAGE_SIZE], has_more=len(rows) > PAGE_SIZE, page=page,
                            process=process, status=status, q=text, statuses=STATUSES,

@@ -18,7 +18,7 @@ from engine.identity import DEPLOYERS
 from engine.models import utcnow
 
 from ..auth import SAFE_METHODS, current_actor, services
-from ..case_view import parse_time, sla_state
+from ..case_view import case_summary, parse_time, sla_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -170,7 +170,8 @@ def register_template_helpers(app: Flask) -> None:
                                  status_words=status_words, event_words=event_words)
     app.jinja_env.tests.update(mapping_value=is_mapping, list_value=is_list)
     # Globals, not context: imported macros (pagers, badges) see them too.
-    app.jinja_env.globals.update(page_url=page_url, sla_state=sla_state, process_names=process_names)
+    app.jinja_env.globals.update(page_url=page_url, sla_state=sla_state, process_names=process_names,
+                                 case_summary=case_summary)
 
     @app.context_processor
     def page_context() -> dict[str, Any]:
