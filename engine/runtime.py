@@ -48,8 +48,6 @@ log = logging.getLogger("aftercare.engine")
 DueCalculator = Callable[[str, dt.datetime, int, Session], dt.datetime | None]
 
 
-@dataclass
-class OpenInfo:
 @runtime_checkable
 class TaskClock(Protocol):
     """A due calculator that also keeps SLA clocks (engine/sla.py): told, inside the command,
@@ -70,6 +68,8 @@ class TaskClock(Protocol):
     def load_open(self, session: Session, open_tasks: dict[str, OpenInfo]) -> None: ...
 
 
+@dataclass
+class OpenInfo:
     """What the open-task projection holds for one task (kept in memory with the case)."""
 
     name: str
@@ -82,10 +82,10 @@ class TaskClock(Protocol):
     due_at: dt.datetime | None
     created_at: dt.datetime
     groups: tuple[str, ...] = ()
-
-
     warn_at: dt.datetime | None = None  # SLA warning time (engine/sla.py)
     sla_paused: bool = False
+
+
 @dataclass
 class LiveCase:
     """A case's workflow plus what was last written for it, valid for ``lock_version``."""
@@ -218,9 +218,9 @@ class Runtime:
         self.specs = specs
         self.handlers = handlers
         self.due_calculator = due_calculator
+        self.task_clock: TaskClock | None = due_calculator if isinstance(due_calculator, TaskClock) else None
         self.cache = _CaseCache(cache_size)
         self.on_commit: list[Callable[[Command], None]] = []
-        self.task_clock: TaskClock | None = due_calculator if isinstance(due_calculator, TaskClock) else None
 
     # --- the door ---------------------------------------------------------------------------
 
@@ -248,10 +248,6 @@ class Runtime:
         self._after_commit(cmd)
         return cmd.case, result
 
-    def _execute_locked(self, session: Session, case_id: int, actor: Actor,
-                        apply: Callable[[Command], Any]) -> tuple[Command, Any]:
-        stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
-        row = stmt.execute(session, {"id": case_id}).fetchone()
     def preload(self, case_id: int) -> None:
         """Load a case into the cache ahead of a command on it (the timer worker warms the cases
         of timers due soon); harmless when stale, the command checks ``lock_version``."""
@@ -262,6 +258,10 @@ class Runtime:
             live = self._load(session, CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True))))
         self.cache.put(case_id, live)
 
+    def _execute_locked(self, session: Session, case_id: int, actor: Actor,
+                        apply: Callable[[Command], Any]) -> tuple[Command, Any]:
+        stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
+        row = stmt.execute(session, {"id": case_id}).fetchone()
         if row is None:
             raise NotFound(f"case {case_id} not found")
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
@@ -410,6 +410,9 @@ class Runtime:
                            _aware(r.due_at), _aware(r.created_at), tuple(sorted(groups.get(r.id, []))))
             for r in conn.execute(select(_OPEN).where(_OPEN.c.case_id == case.id))
         }
+        if self.task_clock is not None and any(i.sla_policy for i in open_tasks.values()):
+            self.task_clock.load_open(session, open_tasks)
+        # SLA checkpoints (kind "sla") are kept by the task clock, not by the workflow's timers.
         timers = {(r[0], _aware(r[1])) for r in conn.execute(
             select(Timer.task_id, Timer.due_at).where(Timer.case_id == case.id, Timer.status != "fired",
                                                       Timer.kind != "sla"))}
@@ -422,9 +425,6 @@ class Runtime:
         case, live, wf = cmd.case, cmd.live, cmd.workflow
         now = cmd.now
 
-        if self.task_clock is not None and any(i.sla_policy for i in open_tasks.values()):
-            self.task_clock.load_open(session, open_tasks)
-        # SLA checkpoints (kind "sla") are kept by the task clock, not by the workflow's timers.
         dirty, removed = spiff.changed_tasks(wf, cmd.started, live.saved_tasks)
         rows = []
         for key, task in dirty:
@@ -479,8 +479,11 @@ class Runtime:
         gone = [tid for tid in live.open_tasks if tid not in current]
         if gone:
             _DELETE_OPEN.executemany(cmd.session, [{"id": tid} for tid in gone])
+            timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
             for tid in gone:
                 del live.open_tasks[tid]
+            if timed and self.task_clock is not None:
+                self.task_clock.tasks_closed(cmd, timed)
         new_rows, candidate_rows = [], []
         for tid, task in current.items():
             if tid in live.open_tasks:
@@ -504,11 +507,10 @@ class Runtime:
             for g in groups:
                 candidate_rows.append({"task_id": tid, "group_name": g})
         if new_rows:
-            timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
             _INSERT_OPEN.executemany(cmd.session, new_rows)
             _INSERT_CANDIDATE.executemany(cmd.session, candidate_rows)
-            if timed and self.task_clock is not None:
-                self.task_clock.tasks_closed(cmd, timed)
+        if self.task_clock is not None and any(i.sla_policy for i in live.open_tasks.values()):
+            self.task_clock.tasks_saved(cmd)  # pauses and resumes while the case waits on the customer
 
     def _save_timers(self, cmd: Command) -> None:
         session, case, live = cmd.session, cmd.case, cmd.live
@@ -532,8 +534,6 @@ class Runtime:
             return
         current = set(spiff.waiting_messages(cmd.workflow))
         for task_id, _name in live.subscriptions - current:
-        if self.task_clock is not None and any(i.sla_policy for i in live.open_tasks.values()):
-            self.task_clock.tasks_saved(cmd)  # pauses and resumes while the case waits on the customer
             session.execute(delete(MessageSubscription).where(
                 MessageSubscription.case_id == case.id, MessageSubscription.task_id == task_id))
         rows = [{"case_id": case.id, "task_id": t, "message": m} for t, m in current - live.subscriptions]
@@ -600,6 +600,20 @@ def open_task_dict(task_id: str, case_id: int, process_key: str, info: OpenInfo)
     }
 
 
+def sla_state(info: OpenInfo, now: dt.datetime | None = None) -> str | None:
+    """on_time | warning | breached | paused for a task with an SLA policy, else None."""
+    if info.sla_policy is None or info.due_at is None:
+        return None
+    if info.sla_paused:
+        return "paused"
+    now = now or utcnow()
+    if now >= info.due_at:
+        return "breached"
+    if info.warn_at is not None and now >= info.warn_at:
+        return "warning"
+    return "on_time"
+
+
 def instance_dict(case: Any, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": case.id, "process": case.process_key, "version": case.version, "status": case.status,
@@ -623,18 +637,4 @@ def require_open(cmd: Command, task_id: str) -> Task:
         raise NotFound(f"task {task_id} not found")
     if task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is not open (state {spiff.state_name(task)})")
-def sla_state(info: OpenInfo, now: dt.datetime | None = None) -> str | None:
-    """on_time | warning | breached | paused for a task with an SLA policy, else None."""
-    if info.sla_policy is None or info.due_at is None:
-        return None
-    if info.sla_paused:
-        return "paused"
-    now = now or utcnow()
-    if now >= info.due_at:
-        return "breached"
-    if info.warn_at is not None and now >= info.warn_at:
-        return "warning"
-    return "on_time"
-
-
     return task

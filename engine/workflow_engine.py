@@ -52,7 +52,6 @@ from .specs import SpecStore
 # Marks a timer fired once: the row is only returned to the one command that changes it.
 _MARK_TIMER_FIRED = Statement("UPDATE timers SET status = 'fired', fired_at = :now WHERE id = :id "
                               "AND status <> 'fired' RETURNING task_id, kind, due_at", time_params=("now",))
-
 CASE_READERS = frozenset({"admin", "supervisor", "auditor", "process-owner"})
 
 
