@@ -105,6 +105,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_sla)
     register_error_handlers(app)
 
+    from web.public import init_public
+
+    init_public(app)  # customer pages without login: intake, survey links, standards
+
     from web.auth import csrf_token
     from web.i18n import init_i18n
     from web.pages import register_pages
@@ -415,6 +419,46 @@ def calendar_set_year(name: str, year: int, holidays: tuple[str, ...], makeup_da
     entry = info["years"].get(str(year), {"holidays": [], "makeup_days": []})
     click.echo(f"{name} {year}: {len(entry['holidays'])} holidays, {len(entry['makeup_days'])} make-up days "
                f"(calendar version {info['version']})")
+
+
+@cli.group("outbox")
+def outbox_group() -> None:
+    """Deliver customer notifications (e-mail, SMS) from the outbox."""
+
+
+@outbox_group.command("send")
+@click.option("--once", is_flag=True, help="one pass over the due messages, then exit")
+@click.option("--interval", default=5.0, show_default=True, help="seconds between passes")
+def outbox_send(once: bool, interval: float) -> None:
+    """Send pending outbox messages with retries, each once (handlers/outbox.py)."""
+    from flask import current_app
+
+    from handlers.outbox import OutboxDispatcher
+
+    dispatcher = OutboxDispatcher(services(current_app).db)
+    if once:
+        report = dispatcher.run_once()
+        click.echo(f"outbox: {report.sent} sent, {report.retried} to retry, {report.failed} failed")
+        return
+    try:
+        dispatcher.run_forever(interval)
+    except KeyboardInterrupt:
+        click.echo("outbox dispatcher stopped")
+
+
+@cli.group("surveys")
+def surveys_group() -> None:
+    """Customer satisfaction surveys."""
+
+
+@surveys_group.command("expire")
+def surveys_expire() -> None:
+    """Record unanswered surveys past their expiry as no response."""
+    from flask import current_app
+
+    from handlers.surveys import expire_surveys
+
+    click.echo(f"{expire_surveys(services(current_app).db)} survey(s) expired unanswered")
 
 
 if __name__ == "__main__":
