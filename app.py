@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class Services:
     sla: SlaService | None = None
     scheduler: Any = None  # the embedded timer worker of ``aftercare run``
     on_denied: Callable[[Exception], None] | None = None
+    audit_sealer: Callable[[], None] | None = None  # seals the audit chains now and then (engine/audit)
     error_page: Callable[[int, str, list[dict[str, Any]]], str] | None = None
 
 
@@ -74,6 +76,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         PROCESSES_DIR=os.environ.get("AFTERCARE_PROCESSES_DIR", str(ROOT / "processes")),
         FORMS_DIR=os.environ.get("AFTERCARE_FORMS_DIR", str(ROOT / "forms")),
         SCHEDULER=os.environ.get("AFTERCARE_SCHEDULER", "on"),
+        # Seconds between automatic sealings of the audit chains after commits; 0 turns it off.
+        AUDIT_SEAL_INTERVAL=float(os.environ.get("AFTERCARE_AUDIT_SEAL_INTERVAL", "2")),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         # Behind HTTPS set AFTERCARE_SECURE_COOKIES=1 so the session cookie is never sent in clear.
@@ -102,6 +106,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.errors import register_error_handlers
 
     app.register_blueprint(api)
+    _install_audit(app)
     app.register_blueprint(api_sla)
     register_error_handlers(app)
 
@@ -135,6 +140,19 @@ def security_headers(response: Any) -> Any:
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     return response
+
+
+def _install_audit(app: Flask) -> None:
+    from engine.audit.chain import AutoSealer
+    from web.api_audit import api_audit, record_denied
+
+    svc = services(app)
+    app.register_blueprint(api_audit)
+    svc.on_denied = record_denied
+    if app.config["AUDIT_SEAL_INTERVAL"] > 0:
+        sealer = AutoSealer(svc.db, app.config["AUDIT_SEAL_INTERVAL"])
+        svc.audit_sealer = sealer
+        svc.engine.runtime.on_commit.append(sealer)
 
 
 def services(app: Flask) -> Services:
@@ -459,6 +477,176 @@ def surveys_expire() -> None:
     from handlers.surveys import expire_surveys
 
     click.echo(f"{expire_surveys(services(current_app).db)} survey(s) expired unanswered")
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """Verify case histories (hash chains and replay) and export them for offline checks."""
+
+
+def _audit_echo_json(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2, default=str))
+
+
+def _audit_or_exit(fn: Callable[[], Any]) -> Any:
+    from engine import EngineError
+
+    try:
+        return fn()
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _audit_app() -> Flask:
+    from flask.cli import ScriptInfo
+
+    return click.get_current_context().ensure_object(ScriptInfo).load_app()
+
+
+def _problem_line(report: dict[str, Any]) -> str:
+    p = report.get("problem") or {}
+    where = " ".join(f"{k} {p[k]}" for k in ("chain", "case_id", "seq", "global_seq", "type") if p.get(k) is not None)
+    return f"BROKEN at {where}: {p.get('reason')}"
+
+
+def _divergence_line(result: dict[str, Any]) -> str:
+    d = result.get("divergence") or {}
+    return (f"case {result.get('case')}: DIVERGED at event {d.get('seq')} ({d.get('event')}): {d.get('reason')}\n"
+            f"  recorded: {d.get('recorded')}\n  replayed: {d.get('replayed')}")
+
+
+@audit_group.command("verify", with_appcontext=False)
+@click.argument("target", required=False)
+@click.option("--all", "all_cases", is_flag=True, help="verify the global chain and every case")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="only events written since this UTC date or time")
+@click.option("--replay/--no-replay", "with_replay", default=None,
+              help="also replay cases (default: yes for one case or a bundle, no for --all/--since)")
+@click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+def audit_verify(target: str | None, all_cases: bool, since: Any, with_replay: bool | None, as_json: bool) -> None:
+    """Verify hash chains and replay: a case id, every case (--all/--since), or BUNDLE.json offline."""
+    import datetime as dt
+    import json
+
+    from engine.audit import bundle as audit_bundle
+    from engine.audit import chain, records
+
+    if target is not None and not target.isdigit():  # an exported bundle: no database at all
+        try:
+            report = audit_bundle.verify_bundle(json.loads(Path(target).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot read {target}: {exc}") from None
+        if as_json:
+            _audit_echo_json(report)
+        else:
+            for part in ("integrity", "definitions", "chain"):
+                click.echo(f"{part}: {'ok' if report[part]['ok'] else report[part].get('reason') or report[part]}")
+            result = report["replay"]
+            click.echo(f"replay: {result['result']} ({result.get('events')} events)" if result["result"] == "verified"
+                       else _divergence_line(result))
+            click.echo(f"case {report['case']} ({report['process']} v{report['version']}): "
+                       f"{'ok' if report['ok'] else 'NOT VERIFIED'}")
+        raise SystemExit(0 if report["ok"] else 1)
+
+    app = _audit_app()
+    with app.app_context():
+        svc = services(app)
+        if target is not None:
+            report = _audit_or_exit(lambda: records.verify_case(svc.db, int(target), svc.engine.specs,
+                                                          with_replay is not False))
+            if as_json:
+                _audit_echo_json(report)
+            else:
+                click.echo(f"chain: ok ({report['chain']['events']} events, {report['chain']['sealed']} sealed)"
+                           if report["chain"]["ok"] else _problem_line(report["chain"]))
+                if "replay" in report:
+                    click.echo("replay: verified" if report["replay"]["result"] == "verified"
+                               else _divergence_line(report["replay"]))
+            raise SystemExit(0 if report["ok"] else 1)
+        if not all_cases and since is None:
+            raise click.UsageError("give a case id, a bundle file, --all or --since")
+        since_utc = since.replace(tzinfo=dt.UTC) if since is not None else None
+        total = chain.count_to_verify(svc.db, since_utc)
+        with click.progressbar(length=total, label="verifying hash chains", file=sys.stderr) as bar:
+            report = chain.verify_all(svc.db, since_utc, progress=bar.update)
+        ok = report["ok"]
+        replays: list[dict[str, Any]] = []
+        if ok and with_replay:
+            from sqlalchemy import select
+
+            from engine.models import Case
+
+            with svc.db.read() as s:
+                q = select(Case.id).order_by(Case.id)
+                ids = list(s.scalars(q if since_utc is None else q.where(Case.updated_at >= since_utc)))
+            with click.progressbar(ids, label="replaying cases", file=sys.stderr) as bar:
+                for case_id in bar:
+                    result = records.replay_case(svc.db, case_id, svc.engine.specs)
+                    if result["result"] != "verified":
+                        replays.append(result)
+                        ok = False
+                        break
+        if as_json:
+            _audit_echo_json({**report, "replay_failures": replays, "ok": ok})
+        else:
+            head = report["head"]["events"]
+            click.echo(f"checked {report['events']} events of {report['cases']} cases and "
+                       f"{report['access_records']} access records")
+            click.echo(f"global chain head: {head['seq']} {head['hash']}")
+            click.echo("chains: ok" if report["ok"] else _problem_line(report))
+            for result in replays:
+                click.echo(_divergence_line(result))
+            if with_replay and not replays and report["ok"]:
+                click.echo("replay: every case verified")
+        raise SystemExit(0 if ok else 1)
+
+
+@audit_group.command("export")
+@click.argument("case_id", type=int)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="file (default: stdout)")
+def audit_export(case_id: int, output: str | None) -> None:
+    """Write a self-contained audit bundle of a case (checked offline by `aftercare audit verify FILE`)."""
+    import getpass
+    import json
+
+    from flask import current_app
+
+    from engine.audit import access
+    from engine.audit import bundle as audit_bundle
+
+    svc = services(current_app)
+    who = f"cli:{getpass.getuser()}"
+    with svc.db.write() as s:
+        data = _audit_or_exit(lambda: audit_bundle.export_case(s, case_id, who, list(svc.engine.specs.functions)))
+        access.record_access(s, who, f"export of case {case_id}", case_id=case_id, action=access.EXPORT,
+                             detail={"events": len(data["events"]), "bundle_sha256": data["bundle_sha256"],
+                                     "output": output or "stdout"})
+    text = json.dumps(data, ensure_ascii=False, indent=1)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"case {case_id}: {len(data['events'])} events written to {output}", err=True)
+    else:
+        click.echo(text)
+
+
+@audit_group.command("seal")
+def audit_seal() -> None:
+    """Seal every unsealed event and access record into the global chains now."""
+    from flask import current_app
+
+    from engine.audit import chain
+
+    svc = services(current_app)
+    done = chain.seal_all(svc.db)
+    with svc.db.read() as s:
+        heads = chain.heads(s)
+    click.echo(f"sealed {done['events']} events and {done['access']} access records; "
+               f"head {heads['events']['seq']} {heads['events']['hash']}")
 
 
 if __name__ == "__main__":

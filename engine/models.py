@@ -271,3 +271,38 @@ class CaseEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Global chain (engine/audit/chain.py): set when the event is sealed, in sealing order.
+    global_seq: Mapped[int | None] = mapped_column(BigInteger, index=True, unique=True)
+    global_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+class AuditLedger(Base):
+    """Head of a global chain ("events" or "access"): the last sealed position and its hash."""
+
+    __tablename__ = "audit_ledger"
+
+    chain: Mapped[str] = mapped_column(String(20), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+
+class AccessRecord(Base):
+    """Who viewed unmasked personal data, exported a case, or was denied, and when."""
+
+    __tablename__ = "access_records"
+    __table_args__ = (Index("ix_access_records_actor_at", "actor", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    what: Mapped[str] = mapped_column(String(500))
+    case_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hash: Mapped[str] = mapped_column(String(64))
+    global_seq: Mapped[int | None] = mapped_column(BigInteger, index=True, unique=True)
+    global_hash: Mapped[str | None] = mapped_column(String(64))

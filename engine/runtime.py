@@ -26,6 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import spiff
+from .audit import clock as audit_clock
+from .audit import recorded
 from .errors import Conflict, HandlerMissing, NotFound
 from .fastsql import Statement, parse_json, parse_time
 from .history import GENESIS, event_hash
@@ -314,6 +316,11 @@ class Runtime:
         token = current_command.set(info)
         engine = cmd.workflow.script_engine
         engine.service_caller = lambda task, name, params: self._call_handler(cmd, task, name, params)
+        # Timers see the command's time and expression functions are logged, so a replay can
+        # reproduce this command from its events alone (engine/audit).
+        clock_token = audit_clock.set_clock(cmd.now)
+        calls_token = recorded.start()
+        recorded.record_functions(engine.environment.functions)
         try:
             result = apply(cmd)
             self._advance(cmd)
@@ -321,6 +328,8 @@ class Runtime:
             return result
         finally:
             engine.service_caller = None
+            recorded.stop(calls_token)
+            audit_clock.reset_clock(clock_token)
             current_command.reset(token)
 
     # --- engine steps -----------------------------------------------------------------------
@@ -427,8 +436,10 @@ class Runtime:
 
         dirty, removed = spiff.changed_tasks(wf, cmd.started, live.saved_tasks)
         rows = []
+        advanced = False
         for key, task in dirty:
             tid = str(task.id)
+            advanced = advanced or task.last_state_change >= cmd.started
             seq = 0
             if tid not in live.saved_tasks:
                 case.task_seq += 1
@@ -465,6 +476,13 @@ class Runtime:
         for note in info.notes:
             cmd.events.append({"type": note.get("type", "note"), "actor": "system", "task_id": note.get("task_id"),
                                "task": note.get("task"), "payload": note.get("payload", {})})
+        calls = recorded.current()
+        if calls:
+            cmd.events.append({"type": recorded.EVENT_TYPE, "actor": "system", "task_id": None, "task": None,
+                               "payload": {"calls": calls}})
+        if advanced and not cmd.events:  # e.g. a due timer noticed: replays need this command's time
+            cmd.events.append({"type": "engine_advanced", "actor": "system", "task_id": None, "task": None,
+                               "payload": {}})
         self._write_events(cmd)
         case.tasks = self.open_task_dicts(cmd)
         _UPDATE_CASE.execute(cmd.session, {

@@ -36,6 +36,7 @@ from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
 
 from . import sandbox
+from .audit import clock as audit_clock
 
 REGISTRY = BpmnWorkflowSerializer.configure(SPIFF_CONFIG)
 
@@ -237,7 +238,7 @@ def fire_timer(wf: BpmnWorkflow, task_id: str) -> bool:
         return False
     if isinstance(definition, CycleTimerEventDefinition):
         value = task._get_internal_data("event_value")
-        now = dt.datetime.now(dt.UTC)
+        now = audit_clock.now()  # the clock the timer compares with (the command's time)
         if value and dt.datetime.fromisoformat(value["next"]) >= now:
             value["next"] = (now - dt.timedelta(microseconds=1)).isoformat()
     else:

@@ -33,6 +33,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int] | Response:
         status = exc.code or 500
+        if status in (401, 403):  # e.g. a CSRF refusal raised by Flask itself: recorded like ours
+            hook = app.extensions["aftercare"].on_denied
+            if hook is not None:
+                hook(exc)
         if wants_json():
             return jsonify({"error": exc.description or exc.name}), status
         page = app.extensions["aftercare"].error_page
