@@ -359,6 +359,20 @@ def test_inbox_shows_sla_state_in_colour_and_words(client: Any, svc: Any, case: 
     assert 'class="row-sla-breached"' in page
 
 
+def test_inbox_uses_the_sla_clock_for_warnings(client: Any, svc: Any) -> None:
+    """The warning time comes from the task's SLA clock (policy warn ratio), not the 80 % default."""
+    with svc.db.write() as s:
+        svc.sla.set_policy(s, {"name": "sample.register", "target": "PT10S", "calendar": "24x7",
+                               "warn_ratio": 0.1}, SYSTEM)
+    case = start(svc.engine, {"case_ref": "SLA-1"})
+    time.sleep(1.2)
+    login(client, "agent")
+    row = re.search(rf'<tr class="row-sla-(\w+)" data-task-id="{case["tasks"][0]["id"]}"', body(client.get("/")))
+    assert row and row.group(1) == "warning"
+    page = body(client.get(f"/tasks/{case['tasks'][0]['id']}"))
+    assert 'data-sla="warning"' in page
+
+
 def test_inbox_stays_fast_with_100000_open_tasks(client: Any, svc: Any, users: Any) -> None:
     from web.inbox_query import InboxFilter, inbox, scope_counts
 

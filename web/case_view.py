@@ -20,7 +20,7 @@ PERSONAL_DATA_GROUPS = frozenset({"admin", "supervisor", "customer-care", "hotli
                                   "complaints"})
 _PHONE = re.compile(r"(phone|mobile|tel)$", re.I)
 _ADDRESS = re.compile(r"address$", re.I)
-SLA_STATES = ("on_time", "warning", "breached")
+SLA_STATES = ("on_time", "warning", "breached", "paused")
 WARNING_SHARE = 0.8  # the default warning point of an SLA (SPEC: 80 % of the target)
 
 
@@ -74,19 +74,27 @@ def parse_time(value: Any) -> dt.datetime | None:
 
 
 def sla_state(task: Mapping[str, Any], now: dt.datetime | None = None) -> str | None:
-    """on_time, warning or breached; the SLA module's own verdict wins when the task carries one."""
+    """on_time, warning, breached or paused; the SLA module's own verdict wins when the task carries one."""
     given = task.get("sla_state")
     if isinstance(given, str) and given:
-        return {"ok": "on_time", "met": "on_time", "due": "on_time", "warn": "warning",
-                "overdue": "breached"}.get(given, given)
-    due = parse_time(task.get("due"))
+        return given
+    return sla_state_of(parse_time(task.get("due")), parse_time(task.get("warn_at")), False,
+                        parse_time(task.get("created_at")), now)
+
+
+def sla_state_of(due: dt.datetime | None, warn_at: dt.datetime | None, paused: bool, created: dt.datetime | None,
+                 now: dt.datetime | None = None) -> str | None:
+    """The SLA state from the task's clock; without a warning time, the default 80 % of the target warns."""
     if due is None:
         return None
+    if paused:
+        return "paused"
     now = now or utcnow()
     if due <= now:
         return "breached"
-    created = parse_time(task.get("created_at"))
-    if created is not None and due > created and (now - created) >= (due - created) * WARNING_SHARE:
+    if warn_at is None and created is not None and due > created:
+        warn_at = created + (due - created) * WARNING_SHARE
+    if warn_at is not None and now >= warn_at:
         return "warning"
     return "on_time"
 

@@ -18,6 +18,9 @@ from sqlalchemy.orm import Session
 
 from engine import Actor
 from engine.models import Case, OpenTask, TaskCandidate, utcnow
+from engine.sla import SlaClock
+
+from .case_view import sla_state_of
 
 SEARCHED_KEYS = ("case_ref", "customer_name", "customer_phone")
 # Where each searched value lives in case data: flat keys (intake) or the procedures' nested ones
@@ -118,7 +121,9 @@ def inbox(session: Session, actor: Actor, f: InboxFilter, now: dt.datetime | Non
     counts = counts if counts is not None else scope_counts(session, actor)
     walk = bool(text) or counts.get(scope, counts.get("group", 0) + counts.get("mine", 0)) >= WALK_FROM
     summary = [summary_field(dialect, k).label(k) for k in SEARCHED_KEYS]
-    q = select(OpenTask, Case.status, *summary).join(Case, Case.id == OpenTask.case_id)
+    # The SLA clock (one row per timed task, by primary key) knows the warning time and pauses.
+    q = (select(OpenTask, Case.status, SlaClock.warn_at, SlaClock.paused_since, *summary)
+         .join(Case, Case.id == OpenTask.case_id).outerjoin(SlaClock, SlaClock.task_id == OpenTask.id))
     visible = _visible(actor, scope, walk)
     if visible is not None:
         q = q.where(visible)
@@ -165,7 +170,9 @@ def inbox(session: Session, actor: Actor, f: InboxFilter, now: dt.datetime | Non
             "state": "claimed" if t.assignee else "ready", "due": t.due_at.isoformat() if t.due_at else None,
             "created_at": t.created_at.isoformat(), "form_name": t.form, "priority": t.priority,
             "sla_policy": t.sla_policy, "case_status": row[1],
-            "case": {k: row[2 + i] for i, k in enumerate(SEARCHED_KEYS)},
+            "warn_at": row[2].isoformat() if row[2] else None,
+            "sla_state": sla_state_of(t.due_at, row[2], row[3] is not None, t.created_at, now),
+            "case": {k: row[4 + i] for i, k in enumerate(SEARCHED_KEYS)},
         })
     return InboxPage(tasks=tasks, page=page, has_more=has_more, counts=counts)
 

@@ -10,15 +10,16 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from engine.models import OpenTask, User, utcnow
+from engine.sla import SlaClock
 
-from ..case_view import masked, sla_state
+from ..case_view import masked, sla_state, sla_state_of
 from ..inbox_query import STATES, InboxFilter, scope_counts
 from ..inbox_query import inbox as query_inbox
 from .common import actor, back, db, engine, may_supervise, require, staff_page
 
 board = Blueprint("board", __name__)
 
-COLUMNS = ("breached", "warning", "on_time", None)
+COLUMNS = ("breached", "warning", "on_time", "paused", None)
 
 
 @board.get("/board")
@@ -29,8 +30,10 @@ def index() -> str:
     now = utcnow()
     matrix: dict[str, Counter[str | None]] = {}
     with db().read() as s:
-        for assignee, due, created in s.execute(select(OpenTask.assignee, OpenTask.due_at, OpenTask.created_at)):
-            state = sla_state({"due": due.isoformat() if due else None, "created_at": created.isoformat()}, now)
+        rows = s.execute(select(OpenTask.assignee, OpenTask.due_at, OpenTask.created_at, SlaClock.warn_at,
+                                SlaClock.paused_since).outerjoin(SlaClock, SlaClock.task_id == OpenTask.id))
+        for assignee, due, created, warn_at, paused_since in rows:
+            state = sla_state_of(due, warn_at, paused_since is not None, created, now)
             matrix.setdefault(assignee or "", Counter())[state] += 1
         users = [(u, d) for u, d in s.execute(select(User.username, User.display_name).where(User.active)
                                                  .order_by(User.username))]

@@ -119,7 +119,8 @@ def relative_time(value: Any) -> str:
 
 
 def sla_words(state: str | None) -> str:
-    return {"on_time": _("On time"), "warning": _("Warning"), "breached": _("Breached")}.get(state or "", _("No SLA"))
+    return {"on_time": _("On time"), "warning": _("Warning"), "breached": _("Breached"),
+            "paused": _("Paused")}.get(state or "", _("No SLA"))
 
 
 def status_words(status: str | None) -> str:

@@ -62,6 +62,7 @@ ZH: dict[str, str] = {
     "Warning": "预警",
     "Breached": "已超时",
     "No SLA": "无时限",
+    "Paused": "已暂停",
     "Running": "处理中",
     "Waiting": "等待中",
     "Completed": "已完成",
