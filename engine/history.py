@@ -9,6 +9,13 @@ from typing import Any
 
 GENESIS = "0" * 64
 
+# Events that record what a command was given (replay feeds them back in) ...
+INPUT_EVENT_TYPES = frozenset({"case_started", "task_completed", "message_delivered", "timer_fired", "retried",
+                               "case_cancelled"})
+# ... and every event that starts a command of its own (replay splits commands by them).
+COMMAND_EVENT_TYPES = INPUT_EVENT_TYPES | {"task_claimed", "task_unclaimed", "task_assigned", "task_draft_saved",
+                                           "engine_advanced"}
+
 
 def canonical(event: dict[str, Any]) -> str:
     return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

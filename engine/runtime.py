@@ -30,7 +30,7 @@ from .audit import clock as audit_clock
 from .audit import recorded
 from .errors import Conflict, HandlerMissing, NotFound
 from .fastsql import Statement, parse_json, parse_time
-from .history import GENESIS, event_hash
+from .history import COMMAND_EVENT_TYPES, GENESIS, event_hash
 from .identity import SYSTEM, Actor, task_groups
 from .models import (
     Case,
@@ -223,6 +223,8 @@ class Runtime:
         self.task_clock: TaskClock | None = due_calculator if isinstance(due_calculator, TaskClock) else None
         self.cache = _CaseCache(cache_size)
         self.on_commit: list[Callable[[Command], None]] = []
+        # Projections (e.g. report facts) written from the command's events in its own transaction.
+        self.event_listeners: list[Callable[[Command, list[dict[str, Any]]], None]] = []
 
     # --- the door ---------------------------------------------------------------------------
 
@@ -286,7 +288,7 @@ class Runtime:
             if found is None:
                 raise NotFound(f"process '{process_key}' is not deployed")
             version = self.specs.get(session, found[0])
-            wf = BpmnWorkflow(version.spec, version.subprocess_specs, script_engine=self.specs.script_engine())
+            wf = spiff.new_workflow(version.spec, version.subprocess_specs, self.specs.script_engine())
             now = utcnow()
             values = {"process_key": process_key, "process_version_id": version.id, "version": version.version,
                       "status": "running", "data": {}, "state": "{}", "lock_version": 0, "task_seq": 0,
@@ -295,7 +297,7 @@ class Runtime:
             new_id = session.connection().execute(_INSERT_CASE, values).inserted_primary_key[0]
             case = CaseRow(id=new_id, **values)
             live = LiveCase(wf, version, 0, set(), {}, set(), set())
-            cmd = Command(session, case, live, actor, now, started=0.0)
+            cmd = Command(session, case, live, actor, now, started=spiff.now_ts())
 
             def begin(c: Command) -> None:
                 for t in c.workflow.get_tasks(state=TaskState.READY):
@@ -347,7 +349,7 @@ class Runtime:
                 cmd.record("decision_evaluated", task, {"decision": ts.dmnEngine.decision_table.id})
 
         try:
-            wf.do_engine_steps(did_complete_task=did_complete)
+            spiff.run_engine_steps(wf, did_complete)
         except DBAPIError:
             raise  # the database itself failed: the whole command must fail
         except Exception as exc:  # a script or handler failed: record an incident, keep the rest
@@ -480,9 +482,13 @@ class Runtime:
         if calls:
             cmd.events.append({"type": recorded.EVENT_TYPE, "actor": "system", "task_id": None, "task": None,
                                "payload": {"calls": calls}})
-        if advanced and not cmd.events:  # e.g. a due timer noticed: replays need this command's time
-            cmd.events.append({"type": "engine_advanced", "actor": "system", "task_id": None, "task": None,
-                               "payload": {}})
+        if advanced and not any(e["type"] in COMMAND_EVENT_TYPES for e in cmd.events):
+            # e.g. a due timer noticed by another command: replays need to know when it ran on.
+            cmd.events.insert(0, {"type": "engine_advanced", "actor": "system", "task_id": None, "task": None,
+                                  "payload": {}})
+        if cmd.events:
+            for listener in self.event_listeners:
+                listener(cmd, cmd.events)
         self._write_events(cmd)
         case.tasks = self.open_task_dicts(cmd)
         _UPDATE_CASE.execute(cmd.session, {

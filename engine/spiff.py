@@ -34,6 +34,7 @@ from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.spiff.specs.event_definitions import MessageEventDefinition as SpiffMessageEventDefinition
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
+from SpiffWorkflow.workflow import Workflow
 
 from . import sandbox
 from .audit import clock as audit_clock
@@ -141,8 +142,141 @@ def all_tasks(wf: BpmnWorkflow) -> Iterator[tuple[str, Task]]:
             yield key, task
 
 
+# --- the frontier: unfinished tasks ----------------------------------------------------------
+#
+# SpiffWorkflow finds work by walking the task tree from its root on every step. That costs
+# time proportional to the case's whole history and stops at a depth of 1,000 (a loop of a
+# few hundred iterations stalls). Finished tasks never change again, so the engine keeps the
+# set of unfinished tasks on the workflow and walks only from there to the tasks created since.
+
+_FRONTIER = "_aftercare_frontier"
+_KNOWN_SUBPROCESSES = "_aftercare_subprocesses"
+_TOUCHED = "_aftercare_touched"
+_DROPPED = "_aftercare_dropped"
+_FORCED = "_aftercare_forced"  # finished tasks that must be rewritten all the same
+
+Frontier = dict[UUID, tuple[str, Task]]
+
+
+def _frontier(wf: BpmnWorkflow) -> Frontier:
+    frontier: Frontier | None = getattr(wf, _FRONTIER, None)
+    if frontier is None:  # a new or just restored workflow: one full scan
+        frontier = {t.id: (key, t) for key, t in all_tasks(wf) if not t.has_state(TaskState.FINISHED_MASK)}
+        setattr(wf, _FRONTIER, frontier)
+        setattr(wf, _KNOWN_SUBPROCESSES, set(wf.subprocesses))
+    return frontier
+
+
+def touched_tasks(wf: BpmnWorkflow) -> tuple[Frontier, set[UUID]]:
+    """Every task that may have changed since the frontier was last taken (the old frontier
+    and everything reachable from it), and the ids of old frontier tasks that were dropped.
+    Updates the frontier."""
+    old = _frontier(wf)
+    known_sps: set[UUID] = getattr(wf, _KNOWN_SUBPROCESSES)
+    stack = list(old.values())
+    for sp_id, sp in wf.subprocesses.items():
+        if sp_id not in known_sps:
+            stack.append((str(sp_id), sp.task_tree))
+    visited: Frontier = {}
+    dropped: set[UUID] = set()
+    forced: Frontier = getattr(wf, _FORCED, None) or {}
+    while stack:
+        key, task = stack.pop()
+        if task.id in visited:
+            continue
+        if task.workflow.tasks.get(task.id) is not task:
+            dropped.add(task.id)
+            # Its parent's list of children changed, even if the parent finished long ago.
+            parent = task.workflow.tasks.get(task._parent) if task._parent is not None else None
+            if parent is not None:
+                forced[parent.id] = (key, parent)
+            continue
+        visited[task.id] = (key, task)
+        for child_id in task._children:
+            child = task.workflow.tasks.get(child_id)
+            if child is not None:
+                stack.append((key, child))
+    setattr(wf, _FRONTIER, {tid: v for tid, v in visited.items() if not v[1].has_state(TaskState.FINISHED_MASK)})
+    setattr(wf, _KNOWN_SUBPROCESSES, set(wf.subprocesses))
+    # Remember everything seen until the command saves: a task that finished during an
+    # engine step has left the frontier but must still be written.
+    touched: Frontier = getattr(wf, _TOUCHED, None) or {}
+    touched.update(visited)
+    setattr(wf, _TOUCHED, touched)
+    gone: set[UUID] = getattr(wf, _DROPPED, None) or set()
+    gone.update(dropped - visited.keys())
+    setattr(wf, _DROPPED, gone)
+    setattr(wf, _FORCED, forced)
+    return visited, dropped - visited.keys()
+
+
+def reset_frontier(wf: BpmnWorkflow) -> None:
+    """Forget the frontier after an operation that may touch finished tasks (reset, retry)."""
+    if hasattr(wf, _FRONTIER):
+        delattr(wf, _FRONTIER)
+
+
+def run_engine_steps(wf: BpmnWorkflow, did_complete: Callable[[Task], None] | None = None) -> None:
+    """SpiffWorkflow's ``do_engine_steps`` (same order: deepest subprocesses first, then the
+    top level, until nothing automatic is ready), driven by the frontier instead of tree walks."""
+
+    def ready_in(w: Any) -> list[Task]:
+        touched_tasks(wf)
+        return [t for _, t in _frontier(wf).values()
+                if t.workflow is w and t.state == TaskState.READY and not t.task_spec.manual]
+
+    def update_workflow(w: Any) -> int:
+        count = 0
+        for task in ready_in(w):
+            if task.state != TaskState.READY:  # an earlier task of this round moved it on
+                continue
+            task.run()
+            count += 1
+            if did_complete is not None:
+                did_complete(task)
+        return count
+
+    while True:
+        while True:
+            active = wf.get_active_subprocesses()
+            for sub in sorted(active, key=lambda v: v.depth, reverse=True):
+                while update_workflow(sub) > 0:
+                    pass
+                if sub.parent_task_id is not None:
+                    parent = wf.get_task_from_id(sub.parent_task_id)
+                    parent.task_spec._update(parent)
+            count = update_workflow(wf)
+            if count == 0 and len(wf.get_active_subprocesses()) <= len(active):
+                break
+        # A timer that came due meanwhile makes its event ready: run on instead of leaving the
+        # case parked until some later command touches it.
+        wf.refresh_timers()
+        touched_tasks(wf)
+        if not any(t.state == TaskState.READY and not t.task_spec.manual for _, t in _frontier(wf).values()):
+            break
+
+
 def open_user_tasks(wf: BpmnWorkflow) -> list[Task]:
-    return [t for _, t in all_tasks(wf) if t.state == TaskState.READY and t.task_spec.manual]
+    return [t for _, t in _frontier(wf).values() if t.state == TaskState.READY and t.task_spec.manual]
+
+
+_spiff_update_waiting_tasks = Workflow.update_waiting_tasks
+
+
+def _update_waiting_tasks(self: Any) -> None:
+    # SpiffWorkflow re-checks every WAITING task after each completion by walking the whole
+    # tree; with a frontier the waiting tasks are found among the unfinished ones.
+    top = self.top_workflow if isinstance(self, BpmnSubWorkflow) else self
+    if getattr(top, _FRONTIER, None) is None:
+        _spiff_update_waiting_tasks(self)
+        return
+    touched_tasks(top)
+    for _, task in list(_frontier(top).values()):
+        if task.workflow is self and task.state == TaskState.WAITING:
+            task.task_spec._update(task)
+
+
+Workflow.update_waiting_tasks = _update_waiting_tasks  # type: ignore[method-assign]
 
 
 def find_task(wf: BpmnWorkflow, task_id: str) -> Task | None:
@@ -150,13 +284,6 @@ def find_task(wf: BpmnWorkflow, task_id: str) -> Task | None:
         return wf.get_task_from_id(UUID(task_id))
     except Exception:
         return None
-
-
-def ready_automatic_task(wf: BpmnWorkflow) -> Task | None:
-    for _, t in all_tasks(wf):
-        if t.state == TaskState.READY and not t.task_spec.manual:
-            return t
-    return None
 
 
 def state_name(task: Task) -> str:
@@ -321,6 +448,13 @@ def restore_workflow(
         _apply_header(sp, sub)
         sp.completed_event.connect(parent.task_spec._on_subworkflow_completed, parent)
     wf.bpmn_events = REGISTRY.restore(header.get("bpmn_events", []))
+    _frontier(wf)  # taken before the command changes anything
+    return wf
+
+
+def new_workflow(spec: Any, subprocess_specs: dict[str, Any], script_engine: PythonScriptEngine) -> BpmnWorkflow:
+    wf = BpmnWorkflow(spec, subprocess_specs, script_engine=script_engine)
+    _frontier(wf)
     return wf
 
 
@@ -328,16 +462,43 @@ def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str]) -> tuple[list
     """Tasks to (re)write after a command, and ids of tasks that disappeared.
 
     Finished tasks never change again, so only tasks touched since ``since``, unfinished
-    ones and new ones are written.
+    ones and new ones are written; only the frontier and what grew from it are looked at.
     """
+    touched_tasks(wf)
+    visited: Frontier = getattr(wf, _TOUCHED)
+    dropped: set[UUID] = getattr(wf, _DROPPED)
+    forced: Frontier = getattr(wf, _FORCED, None) or {}
+    setattr(wf, _TOUCHED, {})
+    setattr(wf, _DROPPED, set())
+    setattr(wf, _FORCED, {})
+    for tid, entry in forced.items():
+        visited.setdefault(tid, entry)
     dirty: list[tuple[str, Task]] = []
-    present: set[str] = set()
-    for key, task in all_tasks(wf):
+    new: dict[UUID, tuple[str, Task]] = {}
+    for key, task in visited.values():
+        if task.workflow.tasks.get(task.id) is not task:
+            dropped.add(task.id)
+            continue
         tid = str(task.id)
-        present.add(tid)
-        if tid not in saved or task.last_state_change >= since or not task.has_state(TaskState.FINISHED_MASK):
+        if tid not in saved:
+            new[task.id] = (key, task)
+        elif (task.last_state_change >= since or not task.has_state(TaskState.FINISHED_MASK)
+              or task.id in forced):
             dirty.append((key, task))
-    return dirty, saved - present
+    return dirty + _parents_first(new), {str(t) for t in dropped} & saved
+
+
+def _parents_first(new: dict[UUID, tuple[str, Task]]) -> list[tuple[str, Task]]:
+    """New tasks get their row sequence in this order, and a restore needs a task's parent
+    before the task (its data is stored as a delta against the parent's)."""
+    ordered: list[tuple[str, Task]] = []
+    stack = [v for v in new.values() if v[1]._parent not in new]
+    stack.reverse()
+    while stack:
+        key, task = stack.pop()
+        ordered.append((key, task))
+        stack.extend(reversed([new[c] for c in task._children if c in new]))
+    return ordered
 
 
 def now_ts() -> float:

@@ -52,6 +52,7 @@ from .specs import SpecStore
 # Marks a timer fired once: the row is only returned to the one command that changes it.
 _MARK_TIMER_FIRED = Statement("UPDATE timers SET status = 'fired', fired_at = :now WHERE id = :id "
                               "AND status <> 'fired' RETURNING task_id, kind, due_at", time_params=("now",))
+
 CASE_READERS = frozenset({"admin", "supervisor", "auditor", "process-owner"})
 
 
@@ -356,6 +357,7 @@ class WorkflowEngine:
                 raise Conflict(f"case {case_id} has no incident to retry")
             for task in failed:
                 task._set_state(TaskState.READY)
+            spiff.reset_frontier(cmd.workflow)  # failed tasks are finished: look at the whole case again
             cmd.record("retried", None, {"tasks": [t.task_spec.bpmn_id or t.task_spec.name for t in failed]})
 
         return self.runtime.execute(case_id, actor, apply)[0].to_dict()

@@ -32,7 +32,7 @@ def test_login_is_throttled(client: Any) -> None:
 def test_full_case_through_the_api(client: Any) -> None:
     agent, tech, boss = (token_for(client, u) for u in ("agent", "tech", "boss"))
     res = client.post("/api/instances", json={"process": "sample", "data": {}}, headers=agent)
-    assert res.status_code == 201
+    assert res.status_code == 201, res.get_json()
     case = res.get_json()
     assert set(case) >= {"id", "process", "version", "status", "data", "tasks", "created_at", "updated_at"}
     task = case["tasks"][0]

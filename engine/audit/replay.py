@@ -49,16 +49,16 @@ from SpiffWorkflow.util.task import TaskState
 
 from .. import sandbox, spiff
 from ..errors import NotFound
+from ..history import COMMAND_EVENT_TYPES, INPUT_EVENT_TYPES
 from ..identity import Actor
 from ..runtime import Command, LiveCase, Runtime
 from ..services import HandlerRegistry
 from ..specs import SpecStore
 from . import clock, recorded
 
-INPUT_TYPES = frozenset({"case_started", "task_completed", "message_delivered", "timer_fired", "retried",
-                         "case_cancelled"})
+INPUT_TYPES = INPUT_EVENT_TYPES
 # Events that start a command of their own (used with the time to split commands apart).
-COMMAND_TYPES = INPUT_TYPES | {"task_claimed", "task_unclaimed", "task_assigned", "task_draft_saved"}
+COMMAND_TYPES = COMMAND_EVENT_TYPES
 DERIVED_TYPES = frozenset({"task_opened", "service_task_completed", "decision_evaluated", "incident",
                            "case_completed"})
 _DONE = TaskState.COMPLETED | TaskState.CANCELLED
