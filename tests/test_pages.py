@@ -132,6 +132,7 @@ PAGES = {
     "/forms/sample-register.schema.json/edit": {"admin", "owner"},
     "/board": {"admin", "boss"},
     "/audit": {"admin", "auditor", "boss"},
+    "/sla": {"admin", "owner", "auditor", "boss"},
 }
 
 
@@ -203,7 +204,7 @@ def test_reports_link_appears_when_the_reports_pages_exist(db_url: str, handlers
 def test_auditors_see_no_action_buttons(client: Any, case: dict[str, Any]) -> None:
     login(client, "auditor")
     for url in (f"/instances/{case['id']}", f"/tasks/{case['tasks'][0]['id']}", "/audit", "/processes",
-                "/processes/sample"):
+                "/processes/sample", "/sla"):
         page = body(client.get(url))
         forms = re.findall(r'<form[^>]*method="post"[^>]*action="([^"]+)"', page)
         assert forms == ["/logout"], (url, forms)
@@ -536,6 +537,28 @@ def test_supervisor_reassigns_from_the_board(client: Any, svc: Any, case: dict[s
     assert svc.engine.get_task(task_id, SYSTEM)["assignee"] == "agent2"
     board = body(client.get("/board"))
     assert re.search(r"<th scope=\"row\">agent2</th>", board)
+
+
+def test_process_owner_edits_an_sla_policy_others_only_read_it(client: Any, svc: Any) -> None:
+    token = login(client, "owner")
+    page = body(client.get("/sla"))
+    assert 'id="policies"' in page and 'id="calendars"' in page and 'action="/sla"' in page
+    res = post_form(client, "/sla", token, {"name": "sample.register", "target": "PT4H", "calendar": "24x7",
+                                            "warn_ratio": "0.5", "escalation": "[]", "description": "test"})
+    assert res.status_code == 302
+    with svc.db.read() as s:
+        assert svc.sla.policy(s, "sample.register").target == "PT4H"
+    res = post_form(client, "/sla", token, {"name": "sample.register", "target": "four hours", "calendar": "24x7",
+                                            "warn_ratio": "2", "escalation": "[{"})
+    assert res.status_code == 422 and "escalation" in body(res)
+    res = post_form(client, "/sla", token, {"name": "sample.register", "target": "soon", "calendar": "24x7",
+                                            "warn_ratio": "2", "escalation": "[]"})
+    assert res.status_code == 422 and "<code>target</code>" in body(res) and "<code>warn_ratio</code>" in body(res)
+    assert 'value="soon"' not in body(client.get("/sla"))
+    token = login(client, "boss")
+    page = body(client.get("/sla"))
+    assert 'data-policy="sample.register"' in page and 'action="/sla"' not in page
+    assert post_form(client, "/sla", token, {"name": "x", "target": "PT1H"}).status_code == 403
 
 
 # --- languages --------------------------------------------------------------------------------

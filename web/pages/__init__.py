@@ -21,9 +21,10 @@ def register_pages(app: Flask) -> None:
     from .cases import cases
     from .inbox import inbox
     from .processes import processes
+    from .sla import sla
     from .tasks import tasks
 
-    for bp in (auth, inbox, tasks, cases, processes, board, audit):
+    for bp in (auth, inbox, tasks, cases, processes, sla, board, audit):
         app.register_blueprint(bp)
     register_template_helpers(app)
     app.extensions["aftercare"].error_page = error_page

@@ -138,6 +138,10 @@ def event_words(kind: str) -> str:
         "timer_fired": _("Timer fired"), "message_delivered": _("Message received"), "incident": _("Incident"),
         "retried": _("Retried"), "case_cancelled": _("Case cancelled"), "case_completed": _("Case completed"),
         "sla_warning": _("SLA warning"), "sla_breached": _("SLA breached"), "escalated": _("Escalated"),
+        "sla_started": _("SLA clock started"), "sla_paused": _("SLA clock paused"),
+        "sla_resumed": _("SLA clock resumed"), "sla_policy_missing": _("SLA policy missing"),
+        "sla_due_set": _("Due time set"), "function_results": _("Results recorded for replay"),
+        "engine_advanced": _("Engine step"),
     }
     return words.get(kind, kind.replace("_", " "))
 

@@ -22,6 +22,9 @@ from .common import actor, back, db, engine, staff_page
 
 tasks = Blueprint("tasks", __name__)
 
+# Bookkeeping for replays and the engine itself: on the case page, not beside a form.
+INTERNAL_EVENTS = frozenset({"function_results", "engine_advanced"})
+
 
 def _case_of_finished_task(task_id: str) -> int | None:
     with db().read() as s:
@@ -47,11 +50,12 @@ def _page(task: dict[str, Any], values: dict[str, Any] | None = None, errors: li
     form_html = render_form(task.get("form"), values if values is not None else task.get("data"), errors,
                             language=current_language(), tz=get_timezone(),
                             readonly=not workable or held_by_other, use_defaults=values is None)
+    staff_history = [ev for ev in history if ev["type"] not in INTERNAL_EVENTS]
     names = {ev["task"]: ev["payload"].get("name") for ev in history
              if ev["type"] == "task_opened" and isinstance(ev.get("payload"), dict)}
     return render_template(
         "task.html", task=task, case=case, case_data=masked(case["data"], me),
-        answers=masked(earlier_answers(history), me), history=masked(history[-30:][::-1], me),
+        answers=masked(earlier_answers(history), me), history=masked(staff_history[-30:][::-1], me),
         task_names=names, form_html=form_html, workable=workable, held_by_other=held_by_other,
         unmasked=sees_personal_data(me), errors=errors or [],
     ), status

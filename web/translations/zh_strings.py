@@ -88,6 +88,13 @@ ZH: dict[str, str] = {
     "SLA warning": "时限预警",
     "SLA breached": "时限超时",
     "Escalated": "已升级",
+    "SLA clock started": "时限开始计时",
+    "SLA clock paused": "时限暂停计时",
+    "SLA clock resumed": "时限恢复计时",
+    "SLA policy missing": "缺少时限策略",
+    "Due time set": "设定截止时间",
+    "Results recorded for replay": "记录函数结果（用于重放）",
+    "Engine step": "引擎推进",
     # flashes and errors
     "Task assigned to %(user)s.": "任务已指派给 %(user)s。",
     "Task returned to its group.": "任务已退回所属组。",
@@ -233,6 +240,34 @@ ZH: dict[str, str] = {
     "JSON Schema": "JSON Schema 定义",
     "Save and deploy": "保存并部署",
     "Preview": "预览",
+    # SLA policies
+    "SLA policies": "时限策略",
+    "SLA policies are not available in this installation.": "此安装未启用时限策略。",
+    "Policy %(name)s saved as version %(version)s.": "策略 %(name)s 已保存为版本 %(version)s。",
+    "Policy %(name)s unchanged.": "策略 %(name)s 没有变化。",
+    "Target": "目标时限",
+    "Calendar": "日历",
+    "Warn at (share of target)": "预警点（占目标的比例）",
+    "Escalation steps (JSON)": "升级步骤（JSON）",
+    'Each step: {"after": "PT0S", "action": "notify_group" | "raise_priority" | "reassign_group", "group": '
+    '"supervisor"}.': '每一步：{"after": "PT0S", "action": "notify_group" | "raise_priority" | "reassign_group", '
+                      '"group": "supervisor"}。after 为超时后多久执行。',
+    "Description": "说明",
+    "Save as a new version": "保存为新版本",
+    "Targets count in the policy calendar’s working time (24x7 counts around the clock). A change adds a "
+    "version; tasks already open keep the version they started with.":
+        "目标时限按策略日历的工作时间计算（24x7 为全天候）。修改会生成新版本，已开启的任务沿用开始时的版本。",
+    "The policy was not saved:": "策略未保存：",
+    "Warn at": "预警点",
+    "Escalation": "升级",
+    "Edit": "编辑",
+    "No SLA policy yet.": "尚无时限策略。",
+    "New policy": "新建策略",
+    "Business calendars": "工作日历",
+    "Time zone": "时区",
+    "Working hours": "工作时间",
+    "Years with holidays": "已配置节假日的年份",
+    "around the clock": "全天候",
 }
 
 
