@@ -91,7 +91,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if "SECRET_KEY" not in config:
         app.config["SECRET_KEY"] = _secret_key(instance)
 
-    from handlers import build_registry
+    from handlers import build_registry, install_hooks
 
     db = Database(app.config["DATABASE_URL"])
     # Tests and embedders may bring their own handler set (the engine is not tied to ours).
@@ -99,15 +99,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     sla = SlaService(db)
     engine = WorkflowEngine(db, app.config.get("HANDLER_REGISTRY") or build_registry(),
                             functions=sla.functions(), due_calculator=sla)
+    install_hooks(engine)  # linked cases start right after the command that links them
     app.extensions["aftercare"] = Services(db=db, engine=engine, sla=sla)
 
     from web.api import api
+    from web.api_customers import api_customers
     from web.api_sla import api_sla
     from web.errors import register_error_handlers
 
     app.register_blueprint(api)
     _install_audit(app)
     app.register_blueprint(api_sla)
+    app.register_blueprint(api_customers)
     register_error_handlers(app)
 
     from web.public import init_public
@@ -244,6 +247,84 @@ def demo_staff() -> None:
     click.echo("Demo staff (username / password / groups):")
     for username, title, groups in DEMO_STAFF:
         click.echo(f"  {username:<12} {DEMO_PASSWORD}   {', '.join(groups):<16} {title}")
+
+
+# --- domain data: CSV import/export and the demo data set --------------------------------------
+
+
+@cli.command("import")
+@click.argument("kind", type=click.Choice(["customers", "staff", "parts", "faq"]))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def import_command(kind: str, file: str) -> None:
+    """Import customers, staff profiles, parts stock or FAQ entries from CSV (all rows or none)."""
+    from flask import current_app
+
+    from handlers.import_export import ImportFailed, import_csv
+
+    try:
+        result = import_csv(services(current_app).db, kind, Path(file).read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        click.echo(f"error: {file} is not UTF-8 text ({exc.reason}); nothing was imported", err=True)
+        raise SystemExit(1) from None
+    except ImportFailed as exc:
+        for error in exc.errors:
+            click.echo(f"error: {file}: {error}", err=True)
+        click.echo(f"{len(exc.errors)} error(s); nothing was imported", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"imported {result}")
+
+
+@cli.command("export")
+@click.argument("kind", type=click.Choice(["customers", "staff", "parts", "faq"]))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="file to write (default stdout)")
+def export_command(kind: str, output: str | None) -> None:
+    """Export customers, staff profiles, parts stock or FAQ entries as CSV."""
+    from flask import current_app
+
+    from handlers.import_export import export_csv
+
+    text = export_csv(services(current_app).db, kind)
+    if output:
+        Path(output).write_text(text, encoding="utf-8-sig")  # with BOM, so Excel reads the Chinese right
+        click.echo(f"exported {kind} to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("demo-data")
+def demo_data_command() -> None:
+    """Load the demo data set (customers, staff profiles, parts, FAQ); adds only what is missing."""
+    from flask import current_app
+
+    from handlers.demo import load_demo_data
+    from handlers.import_export import ImportFailed
+
+    try:
+        users, results = load_demo_data(services(current_app).db, DEMO_STAFF, DEMO_PASSWORD)
+    except ImportFailed as exc:
+        for error in exc.errors:
+            click.echo(f"error: demo data: {error}", err=True)
+        raise SystemExit(1) from None
+    if users:
+        click.echo(f"demo users added (password {DEMO_PASSWORD}): {', '.join(users)}")
+    for result in results:
+        click.echo(f"demo {result}")
+
+
+@cli.group("links")
+def links_group() -> None:
+    """Cases started from other cases (an inquiry that became a complaint or a repair)."""
+
+
+@links_group.command("resume")
+def links_resume() -> None:
+    """Start linked cases whose start was interrupted (e.g. the process stopped right after the link)."""
+    from flask import current_app
+
+    from handlers.links import start_pending_links
+
+    started = start_pending_links(services(current_app).engine)
+    click.echo(f"started {len(started)} linked case(s)" + (f": {', '.join(map(str, started))}" if started else ""))
 
 
 # --- timers and SLA ------------------------------------------------------------------------------
