@@ -442,9 +442,30 @@ def test_phone_and_address_are_masked_for_roles_that_do_not_need_them(client: An
     page = body(client.get(f"/instances/{case['id']}"))
     assert "13812345678" not in page and "138****5678" in page
     assert "世纪大道100号" not in page
+    assert access_records(client, case["id"]) == []  # masked: nothing personal was shown
     login(client, "boss")
     page = body(client.get(f"/instances/{case['id']}"))
     assert "13812345678" in page and "世纪大道100号" in page
+    seen = access_records(client, case["id"])
+    assert [(r.actor, r.action) for r in seen] == [("boss", "view_personal_data")]
+    assert "customer_phone" in seen[0].detail["fields"] and "customer_address" in seen[0].detail["fields"]
+    login(client, "agent")
+    client.get(f"/tasks/{case['tasks'][0]['id']}")
+    inbox_views = len(access_records(client, None))
+    client.get("/")
+    assert [r.actor for r in access_records(client, None)][inbox_views:] == ["agent"]  # the inbox page
+    assert [r.actor for r in access_records(client, case["id"])] == ["boss", "agent"]  # the task page
+
+
+def access_records(client: Any, case_id: int | None) -> list[Any]:
+    from sqlalchemy import select
+
+    from engine.models import AccessRecord
+
+    with client.application.extensions["aftercare"].db.read() as s:
+        return list(s.scalars(select(AccessRecord).where(AccessRecord.case_id == case_id if case_id is not None
+                                                         else AccessRecord.case_id.is_(None))
+                              .order_by(AccessRecord.id)))
 
 
 def test_masking_rule_is_one_function() -> None:

@@ -61,6 +61,37 @@ def _mask(data: Any, key: str = "") -> Any:
     return data
 
 
+def personal_fields(data: Any, prefix: str = "") -> list[str]:
+    """Paths of the phone numbers and addresses present in case data (what masking would hide)."""
+    found: list[str] = []
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            path = f"{prefix}{k}"
+            if isinstance(v, str) and v and (_PHONE.search(str(k)) or _ADDRESS.search(str(k))):
+                found.append(path)
+            elif isinstance(v, Mapping | list):
+                found += personal_fields(v, path + ".")
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += personal_fields(v, f"{prefix}{i}.")
+    return found
+
+
+def record_personal_view(db: Any, actor: Actor, what: str, fields: list[str], case_id: int | None = None,
+                         detail: dict[str, Any] | None = None) -> bool:
+    """Record that ``actor`` was shown unmasked phone numbers or addresses (SPEC, seed 002).
+
+    Nothing is recorded when the page showed them masked or there were none."""
+    if not fields or not sees_personal_data(actor) or actor.system:
+        return False
+    from engine.audit.access import record_access
+
+    with db.write() as session:
+        record_access(session, actor, f"{what}: {', '.join(sorted(set(fields)))[:400]}", case_id,
+                      {"fields": sorted(set(fields)), **(detail or {})})
+    return True
+
+
 def parse_time(value: Any) -> dt.datetime | None:
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -12,7 +12,15 @@ from werkzeug.wrappers import Response
 from engine import EngineError, InvalidInput
 from engine.identity import may_work_task
 
-from ..case_view import linked_cases, masked, pending_timers, sees_personal_data, sla_state
+from ..case_view import (
+    linked_cases,
+    masked,
+    pending_timers,
+    personal_fields,
+    record_personal_view,
+    sees_personal_data,
+    sla_state,
+)
 from .common import actor, db, engine, may_start_cases, may_supervise, may_work, require, staff_page
 
 cases = Blueprint("cases", __name__)
@@ -44,6 +52,8 @@ def case(case_id: int) -> str:
     for t in found["tasks"]:
         t["sla"] = sla_state(t)
         t["workable"] = may_work_task(me, frozenset(t["candidate_groups"]), t["assignee"])
+    record_personal_view(db(), me, f"case {case_id} page", personal_fields(found["data"]) + [
+        f"history.{ev['seq']}.{f}" for ev in history for f in personal_fields(ev.get("payload"))], case_id)
     return render_template(
         "case.html", case=found, case_data=masked(found["data"], me), history=masked(history[::-1], me),
         markers=markers, timers=pending_timers(db(), case_id), links=links, task_names=names,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from ..case_view import masked
+from ..case_view import masked, record_personal_view
 from ..inbox_query import PAGE_SIZE, SCOPES, STATES, InboxFilter, scope_counts
 from ..inbox_query import inbox as query_inbox
 from .common import actor, db, engine, staff_page
@@ -42,6 +42,8 @@ def index() -> Response | str:
     with db().read() as s:
         counts = scope_counts(s, me)
         result = query_inbox(s, me, f, counts=counts)
+    shown = [f"case {t['instance']}.customer_phone" for t in result.tasks if t["case"].get("customer_phone")]
+    record_personal_view(db(), me, "inbox", shown, None, {"cases": sorted({t["instance"] for t in result.tasks})})
     for task in result.tasks:
         task["case"] = masked(task["case"], me)
     return render_template("inbox.html", result=result, f=f, counts=counts, processes=engine().list_processes(),

@@ -15,7 +15,7 @@ from engine import Conflict, FormInvalid
 from engine.identity import may_work_task
 from engine.models import CaseTask
 
-from ..case_view import earlier_answers, masked, sees_personal_data
+from ..case_view import earlier_answers, masked, personal_fields, record_personal_view, sees_personal_data
 from ..forms_render import parse_form, render_form
 from ..i18n import current_language
 from .common import actor, back, db, engine, staff_page
@@ -53,6 +53,9 @@ def _page(task: dict[str, Any], values: dict[str, Any] | None = None, errors: li
     staff_history = [ev for ev in history if ev["type"] not in INTERNAL_EVENTS]
     names = {ev["task"]: ev["payload"].get("name") for ev in history
              if ev["type"] == "task_opened" and isinstance(ev.get("payload"), dict)}
+    shown = personal_fields(case["data"]) + [f"history.{ev['seq']}.{f}" for ev in staff_history[-30:]
+                                             for f in personal_fields(ev.get("payload"))]
+    record_personal_view(db(), me, f"task {task['id']} page", shown, task["instance"])
     return render_template(
         "task.html", task=task, case=case, case_data=masked(case["data"], me),
         answers=masked(earlier_answers(history), me), history=masked(staff_history[-30:][::-1], me),
