@@ -68,6 +68,18 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_VALID_SCHEMAS: set[str] = set()
+
+
+def _check_schema(digest: str, schema: dict[str, Any]) -> None:
+    # Checking a schema against the meta-schema is most of a deployment's time; a form's
+    # content hash says whether it was checked before.
+    if digest in _VALID_SCHEMAS:
+        return
+    Draft202012Validator.check_schema(schema)
+    _VALID_SCHEMAS.add(digest)
+
+
 def read_source(name: str, raw: bytes | str, problems: _Problems | None = None) -> SourceFile | None:
     """Classify and pre-parse one uploaded file; problems are collected, not raised."""
     local = problems or _Problems()
@@ -96,7 +108,7 @@ def read_source(name: str, raw: bytes | str, problems: _Problems | None = None) 
             local.add(base, "a form must be a JSON Schema object")
             return None
         try:
-            Draft202012Validator.check_schema(schema)
+            _check_schema(src.sha256, schema)
         except SchemaError as exc:
             path = "/".join(str(p) for p in exc.path) or None
             local.add(base, f"invalid JSON Schema: {exc.message}", element=path)
@@ -191,6 +203,7 @@ def _check_specs(
             if element is None:
                 continue
             props = spec_properties(ts)
+            _check_expression(problems, src, element, props.get("assignee"), "eval")
             for prop in ("formJsonSchemaFilename", "formUiSchemaFilename"):
                 form_name = props.get(prop)
                 if form_name:

@@ -497,6 +497,22 @@ class Runtime:
             "last_hash": case.last_hash, "updated_at": case.updated_at, "ended_at": case.ended_at,
         })
 
+    @staticmethod
+    def _route(cmd: Command, task: Task, expression: str | None) -> str | None:
+        """A user task's ``assignee`` property is an expression naming the user who gets the task
+        when it opens (e.g. the technician a handler chose); the lane's group still sees it."""
+        if not expression:
+            return None
+        try:
+            value = task.workflow.script_engine.evaluate(task, expression)
+        except Exception as exc:  # a routing rule that does not apply leaves the task to its group
+            log.warning("case %s: assignee of %s not set (%s)", cmd.case.id, task.task_spec.bpmn_id, exc)
+            return None
+        if not isinstance(value, str) or not value.strip():
+            return None
+        cmd.record("task_routed", task, {"assignee": value.strip(), "rule": expression}, actor="system")
+        return value.strip()[:80]
+
     def _save_open_tasks(self, cmd: Command) -> None:
         case, live = cmd.case, cmd.live
         current = {str(t.id): t for t in spiff.open_user_tasks(cmd.workflow)}
@@ -521,11 +537,12 @@ class Runtime:
             rank = task.data.get("priority_rank", 0)
             priority = int(rank) if isinstance(rank, int | float) and not isinstance(rank, bool) else 0
             groups = tuple(sorted(task_groups(info.lane)))
-            live.open_tasks[tid] = OpenInfo(info.name, info.spec, info.lane, info.form, None, priority,
+            assignee = self._route(cmd, task, info.properties.get("assignee"))
+            live.open_tasks[tid] = OpenInfo(info.name, info.spec, info.lane, info.form, assignee, priority,
                                             info.sla_policy, due, cmd.now, groups, warn_at)
             new_rows.append({
                 "id": tid, "case_id": case.id, "process_key": case.process_key, "spec": info.spec,
-                "name": info.name, "lane": info.lane, "form": info.form, "assignee": None, "priority": priority,
+                "name": info.name, "lane": info.lane, "form": info.form, "assignee": assignee, "priority": priority,
                 "sla_policy": info.sla_policy, "due_at": due, "draft": None, "created_at": cmd.now,
             })
             for g in groups:

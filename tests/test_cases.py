@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from engine import SYSTEM, Conflict, Forbidden, FormInvalid, NotFound, WorkflowEngine, spiff
+from engine import SYSTEM, Conflict, DeploymentInvalid, Forbidden, FormInvalid, NotFound, WorkflowEngine, spiff
 from engine.models import CaseEvent, CaseTask, OpenTask, OutboxMessage, Timer
 
 REGISTER = {"customer": "Wang Fang", "severity": "low", "email": "wang@example.com"}
@@ -276,3 +276,37 @@ def test_cancel(engine: WorkflowEngine, users: dict[str, Any]) -> None:
     assert case["status"] == "cancelled" and case["tasks"] == []
     with pytest.raises(Conflict):
         engine.cancel(case["id"], "again", users["boss"])
+
+
+ROUTED = """<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
+    xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core" id="r" targetNamespace="x">
+  <bpmn:process id="routed" isExecutable="true">
+    <bpmn:laneSet id="ls"><bpmn:lane id="l" name="technician"><bpmn:flowNodeRef>visit</bpmn:flowNodeRef></bpmn:lane>
+    </bpmn:laneSet>
+    <bpmn:startEvent id="start"><bpmn:outgoing>r1</bpmn:outgoing></bpmn:startEvent>
+    <bpmn:userTask id="visit"><bpmn:extensionElements><spiffworkflow:properties>
+      <spiffworkflow:property name="assignee" value="assignment.get('technician_id')" />
+    </spiffworkflow:properties></bpmn:extensionElements>
+    <bpmn:incoming>r1</bpmn:incoming><bpmn:outgoing>r2</bpmn:outgoing></bpmn:userTask>
+    <bpmn:endEvent id="end"><bpmn:incoming>r2</bpmn:incoming></bpmn:endEvent>
+    <bpmn:sequenceFlow id="r1" sourceRef="start" targetRef="visit" />
+    <bpmn:sequenceFlow id="r2" sourceRef="visit" targetRef="end" />
+  </bpmn:process>
+</bpmn:definitions>"""
+
+
+def test_assignee_property_routes_the_task_to_one_user(engine: WorkflowEngine, users: dict[str, Any]) -> None:
+    engine.deploy([("routed.bpmn", ROUTED.encode())], SYSTEM)
+    case = engine.start_case("routed", {"assignment": {"technician_id": "tech"}}, SYSTEM)
+    [visit] = case["tasks"]
+    assert visit["assignee"] == "tech" and visit["candidate_groups"] == ["technician"]
+    assert [e["payload"]["assignee"] for e in events(engine, case["id"]) if e["type"] == "task_routed"] == ["tech"]
+    assert [t["spec"] for t in engine.list_tasks(users["tech"], scope="mine")] == ["visit"]
+    # no technician chosen: the task stays with the lane's group
+    other = engine.start_case("routed", {"assignment": {}}, SYSTEM)
+    assert other["tasks"][0]["assignee"] is None
+    bad = ROUTED.replace("assignment.get('technician_id')", "__import__('os')")
+    with pytest.raises(DeploymentInvalid) as info:
+        engine.deploy([("routed.bpmn", bad.encode())], SYSTEM)
+    assert info.value.errors[0]["element"] == "visit"

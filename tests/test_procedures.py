@@ -353,6 +353,8 @@ def test_repair_fixed_on_first_visit(world: World) -> None:
     # tech3 also works in Shanghai with the skill, but the certificate expired: never chosen.
     assert assignment["assigned"] is True and assignment["technician_id"] == "tech" and assignment["certified"]
     assert world.open_specs(case_id) == ["contact_customer"]
+    # the task goes to the chosen technician, not to every technician
+    assert [t["assignee"] for t in world.case(case_id)["tasks"]] == ["tech"]
     before = stock(world, "P-CAP-35")
     world.do(case_id, "contact_customer", "tech", {
         "contacted_at": "2026-03-02T09:30:00+08:00", "appointment_start": "2026-03-02T14:00:00+08:00",
