@@ -273,8 +273,21 @@ class SmsSender:
         self.gateway.close()
 
 
+class InAppSender:
+    """Staff notices (channel ``staff``) are delivered by showing them in the staff member's
+    notification list (``GET /api/notifications``); marking the row sent is the delivery."""
+
+    def send(self, message: OutgoingMessage) -> str | None:
+        if not message.recipient:
+            raise PermanentSendError("a staff notice needs a username")
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def default_senders() -> dict[str, Sender]:
-    return {"email": SmtpSender.from_env(), "sms": SmsSender(sms_gateway())}
+    return {"email": SmtpSender.from_env(), "sms": SmsSender(sms_gateway()), "staff": InAppSender()}
 
 
 # --- the dispatcher -------------------------------------------------------------------------

@@ -23,3 +23,20 @@ def test_metrics_count_commands_and_open_tasks(client: Any) -> None:
     assert values["aftercare_open_tasks"] == "1"
     assert values['aftercare_cases{status="running"}'] == "1"
     assert int(values['aftercare_command_seconds_bucket{le="+Inf"}']) == int(values["aftercare_commands_total"])
+
+
+def test_staff_notices_are_delivered_in_app(client: Any, app: Any) -> None:
+    from engine.models import OutboxMessage
+    from handlers.outbox import InAppSender, OutboxDispatcher
+
+    db = app.extensions["aftercare"].db
+    with db.write() as s:
+        s.add(OutboxMessage(channel="staff", recipient="agent", subject="SLA breached", body="Case 7 is late"))
+        s.add(OutboxMessage(channel="staff", recipient="boss", subject="not for agent", body="x"))
+    report = OutboxDispatcher(db, {"staff": InAppSender()}).run_once()
+    assert report.sent == 2 and report.failed == 0
+    res = client.get("/api/notifications", headers=token_for(client, "agent"))
+    assert res.status_code == 200
+    [notice] = res.get_json()["notifications"]
+    assert (notice["subject"], notice["delivered"]) == ("SLA breached", True)
+    assert client.get("/api/notifications").status_code == 401

@@ -228,3 +228,24 @@ def deliver_message() -> tuple[Response, int]:
         raise InvalidInput("name is required", [{"field": "name", "message": "required string"}])
     delivered = services().engine.deliver_message(name, body.get("correlation"), body.get("payload"), actor)
     return jsonify({"delivered_to": delivered}), 202
+
+
+# --- staff notices --------------------------------------------------------------------------
+
+
+@route(api, "/notifications", "GET", "The caller's staff notices (escalations, reminders), newest first",
+       params={"limit": {"type": "integer"}})
+def list_notifications() -> Response:
+    actor = current_actor()
+    from sqlalchemy import select
+
+    from engine.models import OutboxMessage
+
+    limit = max(1, min(_int_arg("limit", 50), 200))
+    with services().db.read() as s:
+        rows = s.scalars(select(OutboxMessage)
+                         .where(OutboxMessage.channel == "staff", OutboxMessage.recipient == actor.username)
+                         .order_by(OutboxMessage.id.desc()).limit(limit)).all()
+        return jsonify({"notifications": [
+            {"id": r.id, "instance": r.case_id, "subject": r.subject, "body": r.body, "template": r.template,
+             "created_at": r.created_at.isoformat(), "delivered": r.status == "sent"} for r in rows]})
