@@ -67,28 +67,24 @@ def post_form(client: Any, url: str, token: str, data: dict[str, Any] | list[tup
 # --- sign in and out --------------------------------------------------------------------------
 
 
-def test_pages_send_strangers_to_the_login_form(client: Any) -> None:
+def test_sign_in_and_out(client: Any) -> None:
+    # strangers go to the login form, which comes back to the page they asked for
     res = client.get("/board?state=breached")
     assert res.status_code == 302 and res.headers["Location"].startswith("/login?next=")
     page = body(client.get(res.headers["Location"]))
     assert 'name="username"' in page and 'name="password"' in page and 'name="csrf_token"' in page
     assert '<input type="hidden" name="next" value="/board?state=breached">' in page
-
-
-def test_sign_in_returns_to_the_page_asked_for_and_sign_out_needs_post_and_csrf(client: Any) -> None:
-    page = body(client.get("/login"))
     assert client.post("/login", data={"username": "agent", "password": PASSWORD}).status_code == 403  # no CSRF
     res = client.post("/login", data={"username": "agent", "password": PASSWORD, "csrf_token": csrf_of(page),
                                       "next": "/instances/new"})
     assert res.status_code == 302 and res.headers["Location"] == "/instances/new"
     token = csrf_of(body(client.get("/")))
+    # signing out takes a POST with the CSRF token
     assert client.get("/logout").status_code == 405
     assert client.post("/logout").status_code == 403
     assert client.post("/logout", data={"csrf_token": token}).status_code == 302
     assert client.get("/").status_code == 302
-
-
-def test_sign_in_never_redirects_off_site(client: Any) -> None:
+    # never off site after signing in or switching language
     page = body(client.get("/login"))
     res = client.post("/login", data={"username": "agent", "password": PASSWORD, "csrf_token": csrf_of(page),
                                       "next": "https://evil.example/"})
@@ -133,6 +129,7 @@ PAGES = {
     "/board": {"admin", "boss"},
     "/audit": {"admin", "auditor", "boss"},
     "/sla": {"admin", "owner", "auditor", "boss"},
+    "/instances/{case}/verify": {"admin", "owner", "auditor", "boss", "agent", "agent2"},
 }
 
 
@@ -282,7 +279,7 @@ def test_save_draft_keeps_what_was_entered(client: Any, svc: Any, case: dict[str
     assert re.search(r'name="customer"[^>]*value="Half done"', page)
 
 
-def test_claim_and_release_from_the_inbox(client: Any, svc: Any, case: dict[str, Any]) -> None:
+def test_claim_release_and_start_from_the_pages(client: Any, svc: Any, case: dict[str, Any]) -> None:
     token = login(client, "agent")
     task_id = case["tasks"][0]["id"]
     res = post_form(client, f"/tasks/{task_id}/claim", token, {"next": "/?scope=mine"})
@@ -297,10 +294,7 @@ def test_claim_and_release_from_the_inbox(client: Any, svc: Any, case: dict[str,
     token = login(client, "agent")
     assert post_form(client, f"/tasks/{task_id}/unclaim", token, {}).status_code == 302
     assert svc.engine.get_task(task_id, SYSTEM)["assignee"] is None
-
-
-def test_new_case_opens_its_first_task(client: Any) -> None:
-    token = login(client, "agent")
+    # a new case from the "new case" page opens its first task for whoever started it
     res = post_form(client, "/instances/new", token, {"process": "sample"})
     assert res.status_code == 302 and res.headers["Location"].startswith("/tasks/")
 
@@ -493,12 +487,18 @@ def test_case_page_shows_linked_cases_timers_and_history(client: Any, svc: Any) 
     assert 'data-event="case_started"' in page and 'data-event="task_opened"' in page
     assert f'data-bpmn-url="/api/processes/sample/bpmn?version={linked["version"]}"' in page
     assert 'id="diagram"' in page and "/static/vendor/viewer.js" in page
-
-
-def test_missing_pages_are_html_errors(client: Any) -> None:
-    login(client, "boss")
     res = client.get("/instances/987654")
-    assert res.status_code == 404 and "text/html" in res.headers["Content-Type"]
+    assert res.status_code == 404 and "text/html" in res.headers["Content-Type"]  # an error page, not JSON
+
+
+def test_auditor_verifies_a_case_and_may_download_its_bundle(client: Any, case: dict[str, Any]) -> None:
+    login(client, "auditor")
+    assert f'href="/instances/{case["id"]}/verify"' in body(client.get(f"/instances/{case['id']}"))
+    page = body(client.get(f"/instances/{case['id']}/verify"))
+    assert 'id="verify-result" data-ok="true"' in page and 'id="export-bundle"' in page
+    assert client.get(f"/api/instances/{case['id']}/export").status_code == 200
+    login(client, "agent")
+    assert 'id="export-bundle"' not in body(client.get(f"/instances/{case['id']}/verify"))
 
 
 # --- process owners ---------------------------------------------------------------------------

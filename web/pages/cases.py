@@ -21,7 +21,7 @@ from ..case_view import (
     sees_personal_data,
     sla_state,
 )
-from .common import actor, db, engine, may_start_cases, may_supervise, may_work, require, staff_page
+from .common import actor, db, engine, may_audit, may_start_cases, may_supervise, may_work, require, staff_page
 
 cases = Blueprint("cases", __name__)
 
@@ -61,6 +61,18 @@ def case(case_id: int) -> str:
         may_retry=may_work(me) and found["status"] == "error",
         may_cancel=may_supervise(me) and found["status"] not in ("completed", "cancelled"),
     )
+
+
+@cases.get("/instances/<int:case_id>/verify")
+@staff_page
+def verify(case_id: int) -> str:
+    """The case's hash chain, its seal in the global chain and a replay of its history, checked now."""
+    from engine.audit import records
+
+    me = actor()
+    found = engine().get_case(case_id, me)  # NotFound / Forbidden as for the case page
+    report = records.verify_case(db(), case_id, engine().specs)
+    return render_template("verify.html", case=found, report=report, may_export=may_audit(me))
 
 
 @cases.post("/instances/<int:case_id>/retry")
