@@ -99,6 +99,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     sla = SlaService(db)
     engine = WorkflowEngine(db, app.config.get("HANDLER_REGISTRY") or build_registry(),
                             functions=sla.functions(), due_calculator=sla)
+    from engine.scheduler import notify_new_timers
+
+    engine.runtime.on_commit.append(notify_new_timers(db))  # PostgreSQL: wake `aftercare worker` processes
     install_hooks(engine)  # linked cases start right after the command that links them
     app.extensions["aftercare"] = Services(db=db, engine=engine, sla=sla)
 
@@ -376,7 +379,8 @@ _add_run_command()
 @click.option("--name", default=None, help="worker name in claims (default host:pid)")
 @click.option("--lease", default=60.0, show_default=True, help="seconds a claimed timer stays reserved")
 @click.option("--sweep", default=10.0, show_default=True, help="seconds between safety sweeps")
-@click.option("--threads", default=None, type=int, help="parallel firing threads (default 1 on SQLite, 4 else)")
+@click.option("--threads", default=None, type=int, help="parallel firing threads (default 1; on PostgreSQL run "
+                                                          "more worker processes to scale)")
 def worker_command(name: str | None, lease: float, sweep: float, threads: int | None) -> None:
     """Run the timer worker in the foreground (fires timers and SLA escalations)."""
     from flask import current_app
@@ -385,6 +389,7 @@ def worker_command(name: str | None, lease: float, sweep: float, threads: int | 
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("spiff").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise here
     worker = TimerWorker(services(current_app).engine, name, lease=lease, sweep=sweep, threads=threads)
     click.echo(f"timer worker {worker.name} running; Ctrl-C stops it")
     try:

@@ -1,12 +1,15 @@
 """Timer firing: lateness, duplicates and losses with real worker processes.
 
 For each backend: ``--timers`` pending timers, ``--due`` of them due within a ``--window``
-of seconds (evenly spread), the rest due more than a day later (background load on the
-timers table). The due ones belong to cases started through the engine (start -> timer
-catch event -> end); the background ones are copies of such a case's rows (starting
-90,000 cases one by one would make the setup, not the firing, the bench). Then worker
-processes (``engine.scheduler.TimerWorker``; one on SQLite, ``--pg-workers`` on PostgreSQL)
-run until every due timer fired or a grace period ends.
+of seconds (evenly spread, in random order of case), the rest due more than a day later
+(background load on the timers table). The due ones belong to cases started through the
+engine (start -> timer catch event -> end) with placeholder due dates; once all exist their
+due dates are moved into the window (the timer row and the workflow's own timer value), so
+the window does not depend on how long the setup took. The background ones are copies of
+such a case's rows (starting 90,000 cases one by one would make the setup, not the firing,
+the bench). Worker processes (``engine.scheduler.TimerWorker``; one on SQLite,
+``--pg-workers`` on PostgreSQL) start ``--warmup`` seconds before the window, as a worker
+that has been running would, and run until every due timer fired or a grace period ends.
 
 Prints per backend: fired count, firing lateness (the firing command's time minus the due
 time) p50/p99/max, duplicates (a case with more than one ``timer_fired`` event) and lost
@@ -37,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy import create_engine, func, insert, select, text, update  # noqa: E402
 
 from engine import SYSTEM, Database, HandlerRegistry, WorkflowEngine  # noqa: E402
 from engine.models import Case, CaseEvent, Timer  # noqa: E402
@@ -99,16 +102,24 @@ def clone_background(db: Database, engine: WorkflowEngine, count: int, far: dt.d
             s.execute(insert(Timer), rows[i:i + 5000])
 
 
-def create_due_cases(engine: WorkflowEngine, dues: list[dt.datetime], threads: int) -> None:
-    def start(due: dt.datetime) -> None:
-        engine.start_case("timer_bench", {"due": due.isoformat()}, SYSTEM)
+def create_due_cases(engine: WorkflowEngine, dues: list[dt.datetime], threads: int) -> list[int]:
+    def start(due: dt.datetime) -> int:
+        return int(engine.start_case("timer_bench", {"due": due.isoformat()}, SYSTEM)["id"])
 
     if threads <= 1:
-        for due in dues:
-            start(due)
-        return
+        return [start(due) for due in dues]
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(start, dues))
+        return list(pool.map(start, dues))
+
+
+def move_into_window(db: Database, moves: list[tuple[int, dt.datetime, dt.datetime]]) -> None:
+    """Give each case's timer its due time in the window: the timer row and the ISO value the
+    workflow's timer event holds (the same text appears in its serialized task rows)."""
+    with db.write() as s:
+        for case_id, old, new in moves:
+            s.execute(update(Timer).where(Timer.case_id == case_id).values(due_at=new))
+            s.execute(text("UPDATE case_tasks SET body = replace(body, :old, :new) WHERE case_id = :c"),
+                      {"old": old.isoformat(), "new": new.isoformat(), "c": case_id})
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -120,33 +131,34 @@ def run_backend(name: str, url: str, args: argparse.Namespace, workers: int, cre
     engine = build_engine(db)
     engine.deploy([("timer_bench.bpmn", BPMN)], SYSTEM)
     background = args.timers - args.due
-    probe = min(50, background)
     far = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     t = time.perf_counter()
-    clone_background(db, engine, background - probe - 1, far)
+    clone_background(db, engine, background - 1, far)
     print(f"[{name}] {background:,} background timers in {time.perf_counter() - t:.1f} s", flush=True)
 
-    # Measure how fast cases start here, then place the window after the setup will end.
+    # The due cases start through the engine with placeholder due dates two days out; once all
+    # exist, their due dates move into the window (timer row and the workflow's own timer value
+    # alike), so the window does not depend on how long starting them took.
+    placeholder = far + dt.timedelta(days=1)
+    placeholders = [placeholder + dt.timedelta(milliseconds=i) for i in range(args.due)]
     t = time.perf_counter()
-    create_due_cases(engine, [far] * probe, create_threads)
-    rate = probe / (time.perf_counter() - t)
-    setup = args.due / rate * 1.5 + 5.0
-    window_start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=setup)
+    case_ids = create_due_cases(engine, placeholders, create_threads)
+    created_in = time.perf_counter() - t
+    print(f"[{name}] {args.due:,} due cases started in {created_in:.1f} s", flush=True)
+    window_start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.warmup + 3.0)
     step = args.window / max(1, args.due)
     dues = [window_start + dt.timedelta(seconds=i * step) for i in range(args.due)]
     random.Random(7).shuffle(dues)
-    print(f"[{name}] starting {args.due:,} cases (~{rate:.0f}/s); window opens in {setup:.0f} s", flush=True)
-    t = time.perf_counter()
-    create_due_cases(engine, dues, create_threads)
-    created_in = time.perf_counter() - t
-    late_setup = dt.datetime.now(dt.UTC) > window_start
+    move_into_window(db, list(zip(case_ids, placeholders, dues, strict=True)))
+    late_setup = dt.datetime.now(dt.UTC) > window_start - dt.timedelta(seconds=args.warmup)
     engine.reset_caches()  # the workers are other processes: nothing of this process's cache helps them
 
     tmp = Path(tempfile.mkdtemp(prefix="timers-bench-"))
     stop_file = tmp / "stop"
     procs = []
     for i in range(workers):
-        cmd = [sys.executable, __file__, "worker", url, f"{name}-w{i + 1}", "--stop-file", str(stop_file)]
+        cmd = [sys.executable, __file__, "worker", url, f"{name}-w{i + 1}", "--stop-file", str(stop_file),
+               "--preload", str(args.preload if args.preload is not None else args.due)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -215,7 +227,7 @@ def report(r: dict[str, Any]) -> None:
           f"mean {r['mean'] * 1000:.0f} ms   -> target p99 <= 1000 ms: {'met' if ok else 'NOT met'}")
     print(f"   fired per worker: {r['by_worker']}")
     if r["late_setup"]:
-        print("   note: starting the due cases ran into the window; early timers were due before workers started")
+        print("   note: the setup ran into the warm-up period")
 
 
 # --- worker process ---------------------------------------------------------------------------
@@ -231,10 +243,12 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("name")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--stop-file", required=True)
+    parser.add_argument("--preload", type=int, default=1000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     db = Database(args.url)
-    worker = TimerWorker(build_engine(db), args.name, lease=30.0, sweep=5.0, threads=args.threads)
+    worker = TimerWorker(build_engine(db), args.name, lease=30.0, sweep=5.0, threads=args.threads,
+                         preload=args.preload)
     worker.start()
     while not Path(args.stop_file).exists():
         time.sleep(0.1)
@@ -256,6 +270,10 @@ def main() -> int:
     parser.add_argument("--pg-url", default=DEFAULT_PG)
     parser.add_argument("--pg-workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="firing threads per worker (default: engine's)")
+    parser.add_argument("--warmup", type=float, default=20.0,
+                        help="seconds the workers run before the window opens (they load upcoming cases)")
+    parser.add_argument("--preload", type=int, default=None,
+                        help="cases each worker loads ahead of their timers (default: --due)")
     args = parser.parse_args()
     if args.due > args.timers:
         parser.error("--due cannot exceed --timers")

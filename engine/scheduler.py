@@ -346,8 +346,10 @@ def default_worker_name() -> str:
 class TimerWorker:
     """Fires due timers of one database; embed it (``start()``) or run it (``run_forever()``).
 
-    ``threads`` > 1 fires timers of different cases in parallel (PostgreSQL); SQLite writes
-    one at a time anyway, so one thread is right there.
+    Firing is CPU-bound Python (the database waits are short), so threads mostly contend for
+    the interpreter lock: the default is one firing thread, and PostgreSQL deployments scale
+    with more worker processes. ``threads`` > 1 still fires timers of different cases in
+    parallel where that helps (a slow database or network).
     """
 
     def __init__(self, engine: WorkflowEngine, name: str | None = None, *, lease: float = 60.0,
@@ -360,7 +362,7 @@ class TimerWorker:
         self.lease = dt.timedelta(seconds=lease)
         self.sweep_seconds = sweep
         self.batch = batch
-        self.threads = threads if threads is not None else (1 if self.db.is_sqlite else 4)
+        self.threads = threads if threads is not None else 1
         self.retry_delay = dt.timedelta(seconds=retry_delay)
         self.listen = listen and not self.db.is_sqlite
         self.on_fired = on_fired
@@ -567,13 +569,17 @@ class TimerWorker:
         return bool(result)
 
 
-def notify_new_timers(db: Any) -> Callable[[Command], None]:
-    """An ``on_commit`` hook for processes without a worker: tell PostgreSQL workers about new
-    timers (due within ``horizon``) so they need not wait for their sweep."""
+def notify_new_timers(db: Any, horizon: float = 10.0) -> Callable[[Command], None]:
+    """An ``on_commit`` hook: on PostgreSQL, tell worker processes (``LISTEN``) about a case's
+    timers due within ``horizon`` seconds, so they fire them without waiting for a sweep."""
 
     def hook(cmd: Command) -> None:
+        if db.is_sqlite:
+            return
         dues = [d for _, d in getattr(cmd.live, "timers", ())]
         dues.extend(cmd.session.info.get("timers_scheduled") or ())
+        soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=horizon)
+        dues = [d for d in dues if d <= soon]
         if not dues:
             return
         with db.engine.connect() as conn:

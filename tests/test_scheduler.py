@@ -174,6 +174,25 @@ def test_two_worker_processes_fire_each_timer_exactly_once(db_url: str, sla_engi
     assert set(by_worker) == {"worker-1", "worker-2"}, (by_worker, outputs)
 
 
+def test_worker_process_is_woken_by_notify_on_postgresql(db_url: str, sla_engine: WorkflowEngine, db: Any,
+                                                         tmp_path: Path) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; on SQLite a separate worker relies on its sweep")
+    from engine.scheduler import notify_new_timers
+
+    sla_engine.runtime.on_commit.append(notify_new_timers(db))
+    worker = WorkerProcess(db_url, "listener", tmp_path, sweep=60.0)  # its sweep will not come in time
+    try:
+        assert worker.proc.stdout is not None and worker.proc.stdout.readline().startswith("ready")
+        time.sleep(0.5)  # past its first sweep, which found nothing to plan
+        case_id = start_timed(sla_engine, now() + dt.timedelta(seconds=1))
+        assert wait_until(lambda: sla_engine.get_case(case_id, SYSTEM)["status"] == "completed", 10.0)
+    finally:
+        worker.stop()
+    [timer] = timer_rows(db)
+    assert timer.claimed_by == "listener" and (timer.fired_at - timer.due_at).total_seconds() < 0.5
+
+
 def test_worker_killed_mid_fire_loses_nothing(db_url: str, sla_engine: WorkflowEngine, db: Any,
                                               tmp_path: Path) -> None:
     marker = tmp_path / "inside-the-fire"
