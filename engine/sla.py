@@ -51,7 +51,18 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from .calendars import BusinessCalendar, CalendarError, always_open, china_calendar, parse_duration
 from .errors import InvalidInput, NotFound
 from .identity import Actor
-from .models import Base, BigId, OpenTask, OutboxMessage, TaskCandidate, Timer, UtcDateTime, utcnow
+from .models import (
+    Base,
+    BigId,
+    Membership,
+    OpenTask,
+    OutboxMessage,
+    TaskCandidate,
+    Timer,
+    User,
+    UtcDateTime,
+    utcnow,
+)
 from .services import current_command
 
 if TYPE_CHECKING:
@@ -672,15 +683,21 @@ class SlaService:
         name = info.name if info is not None else clock.task
         if step.action == "notify_group":
             group = step.group or "supervisor"
-            session.add(OutboxMessage(
-                case_id=clock.case_id, channel=self.notify_channel, recipient=group, template="sla_escalation",
-                subject=f"服务时限超时 SLA breached: {name}",
-                body=(f"案件 {clock.case_id} 的任务「{name}」已超过服务时限（{policy.name}，截止 "
-                      f"{clock.due_at.isoformat()}）。\nTask '{name}' of case {clock.case_id} breached "
-                      f"SLA {policy.name} (due {clock.due_at.isoformat()})."),
-                payload={"case_id": clock.case_id, "task_id": clock.task_id, "task": clock.task,
-                         "policy": policy.name, "version": policy.version, "due": clock.due_at.isoformat()}))
-            return {"action": step.action, "group": group}
+            # Staff notices are per person (GET /api/notifications); a group without members
+            # still gets one row, so the escalation is on record for whoever joins it.
+            members = list(session.scalars(
+                select(User.username).join(Membership, Membership.user_id == User.id)
+                .where(Membership.group_name == group, User.active.is_(True)).order_by(User.username)))
+            for recipient in members or [group]:
+                session.add(OutboxMessage(
+                    case_id=clock.case_id, channel=self.notify_channel, recipient=recipient,
+                    template="sla_escalation", subject=f"服务时限超时 SLA breached: {name}",
+                    body=(f"案件 {clock.case_id} 的任务「{name}」已超过服务时限（{policy.name}，截止 "
+                          f"{clock.due_at.isoformat()}）。\nTask '{name}' of case {clock.case_id} breached "
+                          f"SLA {policy.name} (due {clock.due_at.isoformat()})."),
+                    payload={"case_id": clock.case_id, "task_id": clock.task_id, "task": clock.task, "group": group,
+                             "policy": policy.name, "version": policy.version, "due": clock.due_at.isoformat()}))
+            return {"action": step.action, "group": group, "recipients": members}
         if info is None:  # the task closed in this very command: nothing left to change
             return {"action": step.action, "skipped": "task closed"}
         if step.action == "raise_priority":

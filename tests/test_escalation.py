@@ -49,8 +49,9 @@ def test_warning_breach_and_second_level_reassignment(sla_engine: WorkflowEngine
         assert (mine["sla_state"], mine["priority"], mine["assignee"]) == ("breached", 2, "agent")
         with db.read() as s:
             [notice] = s.scalars(select(OutboxMessage).where(OutboxMessage.case_id == case["id"]))
-        assert (notice.recipient, notice.template, notice.payload["policy"]) == (
-            "supervisor", "sla_escalation", "test.handle")
+        # One staff notice per member of the supervisor group (boss).
+        assert (notice.channel, notice.recipient, notice.template, notice.payload["policy"],
+                notice.payload["group"]) == ("staff", "boss", "sla_escalation", "test.handle", "supervisor")
         assert sla_engine.list_tasks(boss, "group") == []  # not the supervisors' task yet
 
         clock.move_to(at(179))  # the second period (PT1H after the breach) has not passed
