@@ -103,6 +103,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     engine.runtime.on_commit.append(notify_new_timers(db))  # PostgreSQL: wake `aftercare worker` processes
     install_hooks(engine)  # linked cases start right after the command that links them
+    from reports.facts import install as install_kpi_facts
+
+    install_kpi_facts(engine)  # KPI facts written from each command's events, in its transaction
     app.extensions["aftercare"] = Services(db=db, engine=engine, sla=sla)
 
     from web.api import api
@@ -114,6 +117,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _install_audit(app)
     app.register_blueprint(api_sla)
     app.register_blueprint(api_customers)
+    from web.api_reports import api_reports
+
+    app.register_blueprint(api_reports)
     register_error_handlers(app)
 
     from web.public import init_public
@@ -126,6 +132,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     init_i18n(app)
     register_pages(app)
+    from web.pages.reports import reports as reports_pages
+
+    app.register_blueprint(reports_pages)
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.after_request(security_headers)
     return app
@@ -733,6 +742,91 @@ def audit_seal() -> None:
         heads = chain.heads(s)
     click.echo(f"sealed {done['events']} events and {done['access']} access records; "
                f"head {heads['events']['seq']} {heads['events']['hash']}")
+
+
+@cli.group("report")
+def report_group() -> None:
+    """KPI reports: the monthly report, the quarterly evaluation, rebuilding facts from history."""
+
+
+def _report_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--format", "fmt", type=click.Choice(["text", "csv", "xlsx", "json"]), default=None,
+                     help="default: from the output file's extension, else text"),
+        click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="file (default: stdout)"),
+        click.option("--procedure", default=None, help="only this procedure (process key)"),
+        click.option("--team", default=None, help="only work of this group"),
+        click.option("--person", default=None, help="only work of this user"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _write_report(kind: str, label: str, fmt: str | None, output: str | None, procedure: str | None,
+                  team: str | None, person: str | None) -> None:
+    import json
+
+    from flask import current_app
+
+    from engine import InvalidInput
+    from reports import exports
+    from reports import kpis as K
+
+    try:
+        period = K.Period.month(label) if kind == "monthly" else K.Period.quarter(label)
+    except InvalidInput as exc:
+        raise click.BadParameter(exc.message) from None
+    fmt = fmt or (Path(output).suffix.lstrip(".").lower() if output else "text")
+    if fmt not in ("text", "csv", "xlsx", "json"):
+        raise click.BadParameter(f"unknown format {fmt!r}: use text, csv, xlsx or json")
+    f = K.Filters(procedure=procedure, team=team, person=person)
+    with services(current_app).db.read() as s:
+        doc = exports.monthly(s, period, f) if kind == "monthly" else exports.quarterly(s, period, f)
+    if fmt == "text":
+        body = exports.to_text(doc).encode("utf-8")
+    elif fmt == "json":
+        body = json.dumps({"period": period.to_dict(), "filters": f.to_dict(), "kpis": doc.kpis},
+                          ensure_ascii=False, indent=2).encode("utf-8")
+    else:
+        body = exports.render(doc, fmt)
+    if output:
+        Path(output).write_bytes(body)
+        click.echo(f"{doc.title} {period.label}: {output}")
+    elif fmt == "xlsx":
+        raise click.UsageError("XLSX needs an output file (-o report.xlsx)")
+    else:
+        click.echo(body.decode("utf-8"), nl=False)
+
+
+@report_group.command("monthly")
+@click.argument("month")
+@_report_options
+def report_monthly(month: str, fmt: str | None, output: str | None, procedure: str | None, team: str | None,
+                   person: str | None) -> None:
+    """The monthly service report (seed 001) for MONTH, e.g. 2026-10."""
+    _write_report("monthly", month, fmt, output, procedure, team, person)
+
+
+@report_group.command("quarterly")
+@click.argument("quarter")
+@_report_options
+def report_quarterly(quarter: str, fmt: str | None, output: str | None, procedure: str | None, team: str | None,
+                     person: str | None) -> None:
+    """The quarterly evaluation (seed 004) for QUARTER, e.g. 2026-Q3."""
+    _write_report("quarterly", quarter, fmt, output, procedure, team, person)
+
+
+@report_group.command("rebuild")
+@click.option("--case", "case_ids", type=int, multiple=True, help="only this case (repeatable; default: all)")
+def report_rebuild(case_ids: tuple[int, ...]) -> None:
+    """Recompute the KPI facts of existing cases from their recorded history."""
+    from flask import current_app
+
+    from reports.facts import rebuild
+
+    totals = rebuild(services(current_app).db, list(case_ids) or None)
+    click.echo(f"rebuilt KPI facts: {totals['cases']} cases, {totals['events']} events read, "
+               f"{totals['facts']} facts")
 
 
 if __name__ == "__main__":
