@@ -114,17 +114,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.errors import register_error_handlers
 
     app.register_blueprint(api)
-    _install_audit(app)
     app.register_blueprint(api_sla)
     app.register_blueprint(api_customers)
     from web.api_reports import api_reports
 
     app.register_blueprint(api_reports)
+    _install_audit(app)
     register_error_handlers(app)
 
     from web.public import init_public
 
     init_public(app)  # customer pages without login: intake, survey links, standards
+
+    from web.ops import install as install_ops
+
+    install_ops(app)
 
     from web.auth import csrf_token
     from web.i18n import init_i18n
@@ -574,6 +578,7 @@ def surveys_expire() -> None:
     click.echo(f"{expire_surveys(services(current_app).db)} survey(s) expired unanswered")
 
 
+
 # --- audit ---------------------------------------------------------------------------------------
 
 
@@ -742,6 +747,31 @@ def audit_seal() -> None:
         heads = chain.heads(s)
     click.echo(f"sealed {done['events']} events and {done['access']} access records; "
                f"head {heads['events']['seq']} {heads['events']['hash']}")
+
+
+@cli.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False))
+def backup_command(file: str) -> None:
+    """Write a consistent backup of the database to FILE (online)."""
+    from flask import current_app
+
+    from engine.backup import backup
+
+    path = backup(services(current_app).db, Path(file))
+    click.echo(f"backup written to {path}")
+
+
+@cli.command("restore")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.confirmation_option(prompt="Replace the current database with this backup?")
+def restore_command(file: str) -> None:
+    """Replace the database's content with a backup made by `aftercare backup`."""
+    from flask import current_app
+
+    from engine.backup import restore
+
+    restore(services(current_app).db, Path(file))
+    click.echo(f"restored from {file}")
 
 
 @cli.group("report")
