@@ -12,7 +12,7 @@ from .common import actor, db, engine, staff_page
 
 inbox = Blueprint("inbox", __name__)
 
-PRIORITIES = (0, 1, 2, 3)
+PRIORITIES = tuple(range(6))  # raised by SLA escalation steps
 
 
 def _int(name: str, default: int | None) -> int | None:
