@@ -448,8 +448,10 @@ class WorkflowEngine:
         best: dict[str, str] = {}
         import json
         with self.db.read() as session:
-            if session.get(Case, case_id) is None:
+            case = session.get(Case, case_id)
+            if case is None:
                 raise NotFound(f"case {case_id} not found")
+            task_specs = self.specs.get(session, case.process_version_id).spec.task_specs
             for state, body in session.execute(select(CaseTask.state, CaseTask.body)
                                                .where(CaseTask.case_id == case_id)):
                 kind = kinds.get(state)
@@ -458,6 +460,13 @@ class WorkflowEngine:
                     continue
                 if rank[kind] > rank.get(best.get(spec, ""), 0):
                     best[spec] = kind
+        # An event-based gateway waits through the events after it (SpiffWorkflow keeps those "maybe").
+        for spec, kind in list(best.items()):
+            gateway = task_specs.get(spec)
+            if kind == "waiting" and type(gateway).__name__ == "EventBasedGateway":
+                for event in gateway.outputs:
+                    if rank.get(best.get(event.name, ""), 0) < rank["waiting"]:
+                        best[event.name] = "waiting"
         out: dict[str, list[str]] = {k: [] for k in rank}
         for spec, kind in sorted(best.items()):
             out[kind].append(spec)
