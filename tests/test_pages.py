@@ -491,6 +491,26 @@ def test_case_page_shows_linked_cases_timers_and_history(client: Any, svc: Any) 
     assert res.status_code == 404 and "text/html" in res.headers["Content-Type"]  # an error page, not JSON
 
 
+def test_case_page_marks_incidents_and_waiting_events_and_retries(client: Any, svc: Any, calls: Any) -> None:
+    import datetime as dt
+
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
+    case = svc.engine.start_case("waiting", {"item": "fan", "deadline": deadline}, SYSTEM)
+    svc.engine.complete_task(case["tasks"][0]["id"], {}, SYSTEM)  # the stock check fails: an incident
+    token = login(client, "boss")
+    page = body(client.get(f"/instances/{case['id']}"))
+    markers = json.loads(htmllib.unescape(re.search(
+        r'<script type="application/json" id="case-markers">(.*?)</script>', page, re.S).group(1)))
+    assert markers["error"] == ["check_stock"] and "ask" in markers["completed"]
+    assert 'data-event="incident"' in page and 'id="retry"' in page
+    calls.fail = False
+    assert post_form(client, f"/instances/{case['id']}/retry", token, {}).status_code == 302
+    states = svc.engine.element_states(case["id"])
+    assert {"reply", "deadline_passed"} <= set(states["waiting"]) and states["error"] == []
+    page = body(client.get(f"/instances/{case['id']}"))
+    assert 'id="retry"' not in page and "deadline_passed" in page  # the pending timer is listed
+
+
 def test_auditor_verifies_a_case_and_may_download_its_bundle(client: Any, case: dict[str, Any]) -> None:
     login(client, "auditor")
     assert f'href="/instances/{case["id"]}/verify"' in body(client.get(f"/instances/{case['id']}"))
