@@ -72,7 +72,8 @@ def test_deploy_over_http(client: Any) -> None:
     owner, agent = token_for(client, "owner"), token_for(client, "agent")
     text = (SAMPLES / "sample.bpmn").read_text().replace('name="Fix product"', 'name="Repair"')
     data = {"files": [(io.BytesIO(text.encode()), "sample.bpmn")]}
-    assert client.post("/api/processes", data=data, headers=agent, content_type="multipart/form-data").status_code == 403
+    denied = client.post("/api/processes", data=data, headers=agent, content_type="multipart/form-data")
+    assert denied.status_code == 403
     data = {"files": [(io.BytesIO(text.encode()), "sample.bpmn")]}
     res = client.post("/api/processes", data=data, headers=owner, content_type="multipart/form-data")
     assert res.status_code == 201 and res.get_json() == {"deployed": [{"key": "sample", "version": 2}]}
