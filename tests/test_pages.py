@@ -264,6 +264,7 @@ def test_task_form_shows_errors_beside_fields_keeps_values_then_completes(client
     assert after["data"]["customer"] == "Ann Lee" and [t["spec"] for t in after["tasks"]] == ["fix"]
     page = body(client.get(res.headers["Location"]))
     assert "completed." in page or "已完成" in page
+    assert re.search(r'id="elsewhere">[^<]*Fix product', page)  # the next step, with the technicians
     block = re.search(r'<script type="application/json" id="case-markers">(.*?)</script>', page, re.S)
     markers = json.loads(htmllib.unescape(block.group(1)))
     assert "register" in markers["completed"] and markers["active"] == ["fix"]

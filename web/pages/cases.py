@@ -49,6 +49,9 @@ def case(case_id: int) -> str:
             links.append({"id": other, "visible": False})
     names = {ev["task"]: ev["payload"].get("name") for ev in history
              if ev["type"] == "task_opened" and isinstance(ev.get("payload"), dict)}
+    visible_specs = {t["spec"] for t in found["tasks"]}
+    # Open steps of other groups: named, so everyone sees where the case stands, but not linked.
+    elsewhere = [names.get(spec) or spec for spec in markers["active"] if spec not in visible_specs]
     for t in found["tasks"]:
         t["sla"] = sla_state(t)
         t["workable"] = may_work_task(me, frozenset(t["candidate_groups"]), t["assignee"])
@@ -56,7 +59,7 @@ def case(case_id: int) -> str:
         f"history.{ev['seq']}.{f}" for ev in history for f in personal_fields(ev.get("payload"))], case_id)
     return render_template(
         "case.html", case=found, case_data=masked(found["data"], me), history=masked(history[::-1], me),
-        markers=markers, timers=pending_timers(db(), case_id), links=links, task_names=names,
+        markers=markers, timers=pending_timers(db(), case_id), links=links, task_names=names, elsewhere=elsewhere,
         case_sla=worst_sla(found["tasks"]), unmasked=sees_personal_data(me),
         may_retry=may_work(me) and found["status"] == "error",
         may_cancel=may_supervise(me) and found["status"] not in ("completed", "cancelled"),

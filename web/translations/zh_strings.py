@@ -180,6 +180,7 @@ ZH: dict[str, str] = {
     "Active": "进行中",
     "Open tasks": "待办任务",
     "No open tasks.": "没有待办任务。",
+    "With another group: %(steps)s": "由其他组处理中：%(steps)s",
     "Pending timers": "待触发定时器",
     "No pending timers.": "没有待触发的定时器。",
     "Linked cases": "关联工单",
