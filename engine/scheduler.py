@@ -33,6 +33,7 @@ import os
 import socket
 import threading
 import time
+from calendar import monthrange
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, func, or_, select, text, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .calendars import always_open, parse_duration
+from .calendars import parse_duration
 from .identity import SYSTEM
 from .models import Base, BigId, ProcessVersion, Timer, UtcDateTime, utcnow
 
@@ -158,14 +159,18 @@ class Schedule:
     count: int  # total occurrences, -1 unbounded
 
     def occurrence(self, n: int) -> dt.datetime:
+        """The n-th occurrence (0 = ``first``), in UTC. Months are calendar months on the wall
+        clock of ``first``'s offset, the day clamped to shorter months (31 Jan + P1M = 28 Feb)."""
         if n == 0 or self.every is None:
-            return self.first
+            return self.first.astimezone(dt.UTC)
         parts = parse_duration(self.every)
-        # Calendar months stay calendar months (the 31st falls back to the month's last day).
-        cal = always_open("utc", "UTC")
-        months = parts._replace(months=parts.months * n, weeks=parts.weeks * n, days=parts.days * n,
-                                time=parts.time * n)
-        return cal.add_duration(self.first, months).astimezone(dt.UTC)
+        local = self.first
+        if parts.months:
+            index = local.month - 1 + parts.months * n
+            year, month = local.year + index // 12, index % 12 + 1
+            local = local.replace(year=year, month=month, day=min(local.day, monthrange(year, month)[1]))
+        step = dt.timedelta(weeks=parts.weeks, days=parts.days) + parts.time
+        return (local + step * n).astimezone(dt.UTC)
 
 
 def parse_schedule(kind: str, value: str, now: dt.datetime) -> Schedule:
@@ -178,15 +183,22 @@ def parse_schedule(kind: str, value: str, now: dt.datetime) -> Schedule:
         count = int(parts[0][1:]) if parts[0][1:] else UNBOUNDED
         if len(parts) == 2:
             every = parts[1]
-            first = always_open("utc", "UTC").add_duration(now, every).astimezone(dt.UTC)
+            first = Schedule(kind, now, every, 2).occurrence(1)
         else:
-            first = TimerEventDefinition.get_datetime(value.strip().split("/")[1])
+            first = _moment(value.strip().split("/")[1])
             every = parts[2]
         parse_duration(every)
         return Schedule(kind, first, every, count)
     if kind == "duration":
-        return Schedule(kind, always_open("utc", "UTC").add_duration(now, value).astimezone(dt.UTC), None, 1)
-    return Schedule(kind, TimerEventDefinition.get_datetime(value), None, 1)
+        return Schedule(kind, Schedule(kind, now, value, 2).occurrence(1), None, 1)
+    return Schedule(kind, _moment(value), None, 1)
+
+
+def _moment(text: str) -> dt.datetime:
+    """An ISO datetime keeping its UTC offset (month steps follow its wall clock); without an
+    offset it is read the way SpiffWorkflow reads it."""
+    parsed = dt.datetime.fromisoformat(text.strip())
+    return parsed if parsed.tzinfo is not None else TimerEventDefinition.get_datetime(text.strip())
 
 
 def timer_start_events(spec: Any) -> list[tuple[str, str, str]]:
@@ -222,6 +234,7 @@ def sync_start_timers(engine: WorkflowEngine, now: dt.datetime | None = None) ->
             spec = engine.specs.get(session, version_id)
             for event_id, kind, expression in timer_start_events(spec.spec):
                 wanted.append((key, event_id, kind, expression))
+    _cancel_dropped(engine, {(k, e) for k, e, _, _ in wanted})
     for key, event_id, kind, expression in wanted:
         with engine.db.read() as session:
             rows = _schedule_rows(session, key, event_id)
@@ -252,6 +265,19 @@ def sync_start_timers(engine: WorkflowEngine, now: dt.datetime | None = None) ->
     return added
 
 
+def _cancel_dropped(engine: WorkflowEngine, wanted: set[tuple[str, str]]) -> None:
+    """A redeployment without the timer start event ends its schedule."""
+    with engine.db.read() as session:
+        live = set(session.execute(select(StartTimer.process_key, StartTimer.start_event)
+                                   .where(StartTimer.status == "pending").distinct()).all())
+    dropped = {tuple(r) for r in live} - wanted
+    for key, event_id in dropped:
+        with engine.db.write() as session:
+            session.execute(update(StartTimer).where(
+                StartTimer.process_key == key, StartTimer.start_event == event_id, StartTimer.status == "pending")
+                .values(status="cancelled"))
+
+
 def _schedule_rows(session: Session, key: str, event_id: str) -> list[StartTimer]:
     return list(session.scalars(select(StartTimer).where(
         StartTimer.process_key == key, StartTimer.start_event == event_id)
@@ -271,11 +297,15 @@ def _first_occurrence_from(schedule: Schedule, now: dt.datetime) -> int | None:
     if schedule.every is None:
         return 0 if schedule.first >= now else None
     n = 0
+    parts = parse_duration(schedule.every)
+    if not parts.months and now > schedule.first:
+        # Fixed-length steps (weeks, days, time on a UTC clock): jump close, then step.
+        step = dt.timedelta(weeks=parts.weeks, days=parts.days) + parts.time
+        if step > dt.timedelta(0):
+            n = max(0, int((now - schedule.first) / step) - 1)
     while schedule.occurrence(n) < now:
         n += 1
         if schedule.count != UNBOUNDED and n >= schedule.count:
-            return None
-        if n > 1_000_000:
             return None
     return n
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -279,6 +280,23 @@ def test_cycle_start_event_starts_one_case_per_occurrence(sla_engine: WorkflowEn
     assert sum(1 for r in rows if r.status in ("pending", "claimed")) == 1  # the next one is scheduled
 
 
+def test_start_schedules_keep_calendar_months_on_their_own_wall_clock() -> None:
+    from engine.scheduler import _first_occurrence_from, parse_schedule
+
+    sh = dt.timezone(dt.timedelta(hours=8))
+    monthly = parse_schedule("cycle", "R/2026-01-31T01:00:00+08:00/P1M", now())
+    assert [monthly.occurrence(n).astimezone(sh) for n in range(3)] == [
+        dt.datetime(2026, 1, 31, 1, tzinfo=sh), dt.datetime(2026, 2, 28, 1, tzinfo=sh),
+        dt.datetime(2026, 3, 31, 1, tzinfo=sh)]
+    quarterly = parse_schedule("cycle", "R4/2026-01-01T09:00:00+08:00/P3M", dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+    assert _first_occurrence_from(quarterly, dt.datetime(2026, 5, 1, tzinfo=dt.UTC)) == 2  # 1 July
+    assert _first_occurrence_from(quarterly, dt.datetime(2027, 1, 1, tzinfo=dt.UTC)) is None  # all four past
+    minutely = parse_schedule("cycle", "R/2020-01-01T00:00:00+00:00/PT1M", now())
+    at = dt.datetime(2026, 11, 23, 17, 0, 30, tzinfo=dt.UTC)
+    n = _first_occurrence_from(minutely, at)
+    assert minutely.occurrence(n) == dt.datetime(2026, 11, 23, 17, 1, tzinfo=dt.UTC) and minutely.occurrence(n - 1) < at
+
+
 def test_start_schedule_follows_the_newest_version(sla_engine: WorkflowEngine, db: Any) -> None:
     assert sync_start_timers(sla_engine) == 1
     assert sync_start_timers(sla_engine) == 0  # already scheduled
@@ -292,6 +310,11 @@ def test_start_schedule_follows_the_newest_version(sla_engine: WorkflowEngine, d
         rows = list(s.scalars(select(StartTimer).order_by(StartTimer.id)))
     assert [r.status for r in rows] == ["cancelled", "pending"]
     assert rows[1].due_at == dt.datetime(2029, 12, 31, 16, 0, tzinfo=dt.UTC)
+    plain = re.sub(r"<bpmn:timerEventDefinition.*?</bpmn:timerEventDefinition>", "", changed, flags=re.S)
+    sla_engine.deploy([("cycle_start.bpmn", plain)], SYSTEM)  # no timer start event any more
+    assert sync_start_timers(sla_engine) == 0
+    with db.read() as s:
+        assert [r.status for r in s.scalars(select(StartTimer).order_by(StartTimer.id))] == ["cancelled"] * 2
 
 
 # --- wiring ------------------------------------------------------------------------------------
