@@ -84,8 +84,14 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def sqlite_busy_timeout_ms() -> int:
+    """How long a SQLite command waits for another writer's lock before answering 503."""
+    return int(os.environ.get("AFTERCARE_SQLITE_BUSY_TIMEOUT_MS", "30000"))
+
+
 def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
-    engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+    busy_ms = sqlite_busy_timeout_ms()
+    engine = create_engine(url, echo=echo, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -95,7 +101,7 @@ def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.close()
 
     @event.listens_for(engine, "begin")

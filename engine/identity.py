@@ -75,6 +75,9 @@ def add_user(session: Session, username: str, password: str, groups: list[str], 
         raise InvalidInput("invalid username", [{"field": "username", "message": "1 to 80 characters"}])
     if len(password) < 8:
         raise InvalidInput("password too short", [{"field": "password", "message": "at least 8 characters"}])
+    if password.strip().lower() == username.lower():
+        raise InvalidInput("password equals the username",
+                           [{"field": "password", "message": "must differ from the username"}])
     ensure_groups(session, BUILTIN_GROUPS)
     ensure_groups(session, {g: g for g in groups})
     user = session.scalar(select(User).where(User.username == username))
@@ -132,6 +135,24 @@ def actor_for_username(session: Session, username: str) -> Actor:
 
 def revoke_token(session: Session, token: str) -> None:
     session.execute(delete(ApiToken).where(ApiToken.token_hash == _digest(token)))
+
+
+# Staff sign-in sessions are rows too (so sign-out ends them server-side, even for a copied cookie).
+# Stored under a different digest than API tokens, so a session id is never a bearer token.
+def open_session(session: Session, user_id: int) -> str:
+    sid = secrets.token_urlsafe(32)
+    session.add(ApiToken(token_hash=_digest("session:" + sid), user_id=user_id,
+                         expires_at=utcnow() + TOKEN_LIFETIME))
+    return sid
+
+
+def session_alive(session: Session, user_id: int, sid: str) -> bool:
+    row = session.get(ApiToken, _digest("session:" + sid))
+    return row is not None and row.user_id == user_id and row.expires_at >= utcnow()
+
+
+def close_session(session: Session, sid: str) -> None:
+    session.execute(delete(ApiToken).where(ApiToken.token_hash == _digest("session:" + sid)))
 
 
 def task_groups(lane: str | None) -> frozenset[str]:

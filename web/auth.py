@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, request, session
 
 from engine import Actor, Forbidden, Unauthenticated
-from engine.identity import actor_for_token, actor_for_user_id
+from engine.identity import actor_for_token, actor_for_user_id, session_alive
 
 F = TypeVar("F", bound=Callable[..., Any])
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -39,6 +39,9 @@ def check_csrf() -> None:
 
 def current_actor(optional: bool = False) -> Actor | None:
     if "actor" in g:
+        # an earlier optional look-up (e.g. the read-only guard) may have found nobody
+        if g.actor is None and not optional:
+            raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
         return g.actor
     actor: Actor | None = None
     header = request.headers.get("Authorization", "")
@@ -47,6 +50,10 @@ def current_actor(optional: bool = False) -> Actor | None:
             actor = actor_for_token(s, header[7:].strip())
         elif session.get("user_id") is not None:
             try:
+                sid = session.get("sid")
+                # A signed-out session id is gone from the database: a copied cookie stops working.
+                if sid is not None and not session_alive(s, int(session["user_id"]), str(sid)):
+                    raise Unauthenticated("session ended")
                 actor = actor_for_user_id(s, int(session["user_id"]))
             except Unauthenticated:
                 session.clear()

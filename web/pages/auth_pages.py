@@ -7,7 +7,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from engine import EngineError
-from engine.identity import authenticate
+from engine.identity import authenticate, close_session, open_session
 
 from ..auth import check_csrf, csrf_token, current_actor, services
 from ..i18n import safe_next
@@ -41,10 +41,13 @@ def login() -> Response | tuple[str, int] | str:
         return render_template("login.html", next=target, username=username,
                                error=_("Wrong username or password.")), 401
     svc.login_throttle.succeeded(username, address)
+    with svc.db.write() as s:
+        sid = open_session(s, user_id)
     lang = session.get("lang")
     session.clear()  # a fresh session on sign-in (no fixation)
     session.permanent = True
     session["user_id"] = user_id
+    session["sid"] = sid
     if lang:
         session["lang"] = lang
     csrf_token()
@@ -55,6 +58,9 @@ def login() -> Response | tuple[str, int] | str:
 def logout() -> Response:
     if session.get("user_id") is not None:
         check_csrf()
+        if session.get("sid"):
+            with services().db.write() as s:
+                close_session(s, str(session["sid"]))
     lang = session.get("lang")
     session.clear()
     if lang:
