@@ -449,8 +449,9 @@ def sla_list() -> None:
     with svc.db.read() as s:
         for p in sla.policies(s):
             steps = ", ".join(f"{st.action}{'→' + st.group if st.group else ''}@+{st.after}" for st in p.escalation)
+            by_priority = " ".join(f"{k}:{v}" for k, v in p.priority_targets)
             click.echo(f"{p.name:<32} v{p.version:<3} {p.target:<7} {p.calendar:<6} warn {p.warn_ratio:.0%}"
-                       f"  {steps}")
+                       f"{'  [' + by_priority + ']' if by_priority else ''}  {steps}")
 
 
 @sla_group.command("show")
@@ -469,9 +470,11 @@ def sla_show(name: str) -> None:
 @click.option("--warn-ratio", type=float, help="warn at this share of the target (0.8 = 80 %)")
 @click.option("--escalation", help='JSON list of steps, e.g. [{"after":"PT0S","action":"notify_group",'
                                    '"group":"supervisor"}]')
+@click.option("--priority-target", "priority_targets", multiple=True,
+              help="PRIORITY=DURATION: the target for cases of that priority (repeatable; PRIORITY= removes it)")
 @click.option("--description")
 def sla_set(name: str, target: str | None, calendar: str | None, warn_ratio: float | None,
-            escalation: str | None, description: str | None) -> None:
+            escalation: str | None, priority_targets: tuple[str, ...], description: str | None) -> None:
     """Change a policy (unspecified fields keep their current value); applies to timers set from now on."""
     import json
 
@@ -492,6 +495,16 @@ def sla_set(name: str, target: str | None, calendar: str | None, warn_ratio: flo
                 data["escalation"] = json.loads(escalation)
             except ValueError as exc:
                 raise click.BadParameter(f"not JSON: {exc}", param_hint="--escalation") from None
+        by_priority = dict(data.get("priority_targets") or {})
+        for item in priority_targets:
+            prio, sep, duration = item.partition("=")
+            if not sep or not prio:
+                raise click.BadParameter(f"{item!r} is not PRIORITY=DURATION", param_hint="--priority-target")
+            if duration:
+                by_priority[prio] = duration
+            else:
+                by_priority.pop(prio, None)
+        data["priority_targets"] = by_priority
         data = {k: v for k, v in data.items() if k not in ("version", "created_at", "created_by")}
         policy, changed = _or_exit(lambda: sla.set_policy(s, data, SYSTEM, name=name))
     click.echo(f"{name}: version {policy.version}" + ("" if changed else " (unchanged)"))

@@ -100,6 +100,8 @@ class SlaPolicyRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(80))
+    # {"urgent": "PT12H", ...}: targets for cases of these priorities (migration 0002_sla_priority_targets)
+    priority_targets: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class SlaCalendarRow(Base):
@@ -168,24 +170,30 @@ class SlaPolicy:
     version: int = 0
     created_at: dt.datetime | None = None
     created_by: str | None = None
+    priority_targets: tuple[tuple[str, str], ...] = ()  # (case priority, target), sorted
+
+    def target_for(self, priority: Any = None) -> str:
+        """The target for a case of ``priority`` (its data's ``priority``), else the default."""
+        return dict(self.priority_targets).get(str(priority), self.target) if priority is not None else self.target
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "target": self.target, "calendar": self.calendar,
             "warn_ratio": self.warn_ratio, "escalation": [s.to_dict() for s in self.escalation],
-            "description": self.description,
+            "priority_targets": dict(self.priority_targets), "description": self.description,
             "created_at": self.created_at.isoformat() if self.created_at else None, "created_by": self.created_by,
         }
 
     def same_rules(self, other: SlaPolicy) -> bool:
-        return (self.target, self.calendar, self.warn_ratio, self.escalation, self.description) == (
-            other.target, other.calendar, other.warn_ratio, other.escalation, other.description)
+        return (self.target, self.calendar, self.warn_ratio, self.escalation, self.description,
+                self.priority_targets) == (other.target, other.calendar, other.warn_ratio, other.escalation,
+                                           other.description, other.priority_targets)
 
     @classmethod
     def from_row(cls, row: SlaPolicyRow) -> SlaPolicy:
         return cls(row.name, row.target, row.calendar, row.warn_ratio,
                    tuple(EscalationStep(**s) for s in row.escalation or []), row.description or "",
-                   row.version, row.created_at, row.created_by)
+                   row.version, row.created_at, row.created_by, tuple(sorted((row.priority_targets or {}).items())))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str | None = None) -> SlaPolicy:
@@ -208,6 +216,13 @@ class SlaPolicy:
         description = data.get("description", "")
         if not isinstance(description, str):
             errors.append({"field": "description", "message": "a string"})
+        by_priority = data.get("priority_targets") or {}
+        if not isinstance(by_priority, Mapping):
+            errors.append({"field": "priority_targets", "message": 'an object such as {"urgent": "PT12H"}'})
+            by_priority = {}
+        for prio, duration in by_priority.items():
+            if not isinstance(prio, str) or not prio or not _positive_duration(duration):
+                errors.append({"field": f"priority_targets.{prio}", "message": "a positive ISO 8601 duration"})
         steps: list[EscalationStep] = []
         raw_steps = data.get("escalation", [])
         if not isinstance(raw_steps, list):
@@ -238,7 +253,8 @@ class SlaPolicy:
                                             levels if action == "raise_priority" else 1))
         if errors:
             raise InvalidInput(f"invalid SLA policy {name!r}", errors)
-        return cls(name, target, calendar, float(ratio), tuple(steps), description)
+        return cls(name, target, calendar, float(ratio), tuple(steps), description,
+                   priority_targets=tuple(sorted(by_priority.items())))
 
 
 def _duration(value: Any) -> bool:
@@ -267,21 +283,30 @@ class SlaDue:
     start: dt.datetime
     warn_at: dt.datetime
     due: dt.datetime
+    target: str = ""
+    priority: str | None = None
 
     def note(self) -> dict[str, Any]:
-        return {"policy": self.policy.name, "version": self.policy.version, "calendar": self.policy.calendar,
-                "target": self.policy.target, "start": self.start.isoformat(), "warn_at": self.warn_at.isoformat(),
-                "due": self.due.isoformat()}
+        note = {"policy": self.policy.name, "version": self.policy.version, "calendar": self.policy.calendar,
+                "target": self.target or self.policy.target, "start": self.start.isoformat(),
+                "warn_at": self.warn_at.isoformat(), "due": self.due.isoformat()}
+        if self.priority is not None:
+            note["priority"] = self.priority
+        return note
 
 
-def due_for(policy: SlaPolicy, start: dt.datetime, calendar: BusinessCalendar | None = None) -> SlaDue:
-    """Due date and warning time of ``policy`` started at ``start`` (calendar arithmetic:
-    on a business calendar ``P1D`` is one working day and ``PT4H`` four working hours)."""
+def due_for(policy: SlaPolicy, start: dt.datetime, calendar: BusinessCalendar | None = None,
+            priority: Any = None) -> SlaDue:
+    """Due date and warning time of ``policy`` started at ``start`` for a case of ``priority``
+    (calendar arithmetic: on a business calendar ``P1D`` is one working day and ``PT4H`` four
+    working hours)."""
     cal = calendar or always_open()
-    due = cal.add_duration(start, policy.target).astimezone(dt.UTC)
+    target = policy.target_for(priority)
+    due = cal.add_duration(start, target).astimezone(dt.UTC)
     total = cal.working_time_between(start, due)
     warn = due if total <= _ZERO else cal.add_working_time(start, total * policy.warn_ratio).astimezone(dt.UTC)
-    return SlaDue(policy, start.astimezone(dt.UTC), min(warn, due), due)
+    return SlaDue(policy, start.astimezone(dt.UTC), min(warn, due), due, target,
+                  str(priority) if priority is not None else None)
 
 
 def shift(calendar: BusinessCalendar, moment: dt.datetime, by: dt.timedelta) -> dt.datetime:
@@ -332,40 +357,41 @@ class SlaService:
     def functions(self) -> dict[str, Callable[..., Any]]:
         return {"sla_due": self.sla_due, "sla_cycle": self.sla_cycle}
 
-    def sla_due(self, name: str) -> str:
-        """ISO datetime when policy ``name`` is due if started now (for ``timeDate`` timers)."""
-        due = self._expression_due(name, "sla_due")
+    def sla_due(self, name: str, priority: Any = None) -> str:
+        """ISO datetime when policy ``name`` is due if started now (for ``timeDate`` timers);
+        ``priority`` picks the policy's target for that case priority."""
+        due = self._expression_due(name, "sla_due", priority)
         return due.due.isoformat()
 
-    def sla_cycle(self, name: str) -> str:
+    def sla_cycle(self, name: str, priority: Any = None) -> str:
         """``R/<first occurrence>/<target>`` repeating every ``target`` (for ``timeCycle`` timers).
 
         The first occurrence follows the policy's calendar; SpiffWorkflow repeats the cycle
         in elapsed time, so cycles are meant for around-the-clock policies."""
-        due = self._expression_due(name, "sla_cycle")
-        return f"R/{due.due.isoformat()}/{due.policy.target}"
+        due = self._expression_due(name, "sla_cycle", priority)
+        return f"R/{due.due.isoformat()}/{due.target}"
 
-    def _expression_due(self, name: str, function: str) -> SlaDue:
+    def _expression_due(self, name: str, function: str, priority: Any = None) -> SlaDue:
         if not isinstance(name, str):
             raise InvalidInput(f"{function}() needs a policy name", [{"field": "policy", "message": "a string"}])
         info = current_command.get()
         if info is not None:
-            due = self.due(info.session, name, info.now)
+            due = self.due(info.session, name, info.now, priority)
             info.notes.append({"type": "sla_due_set", "payload": {"function": function, **due.note()}})
             return due
         if self.db is None:  # outside a command (a timer start schedule) the service reads on its own
             raise InvalidInput(f"{function}({name!r}) was called outside a command", [])
         with self.db.read() as session:
-            return self.due(session, name, utcnow())
+            return self.due(session, name, utcnow(), priority)
 
     # -- due calculator (runtime hook) ---------------------------------------------------
 
     def __call__(self, policy: str, opened_at: dt.datetime, case_id: int, session: Session) -> dt.datetime | None:
         return self.due(session, policy, opened_at).due
 
-    def due(self, session: Session, name: str, start: dt.datetime) -> SlaDue:
+    def due(self, session: Session, name: str, start: dt.datetime, priority: Any = None) -> SlaDue:
         policy = self.policy(session, name)
-        return due_for(policy, start, self.calendar(session, policy.calendar))
+        return due_for(policy, start, self.calendar(session, policy.calendar), priority)
 
     # -- policies ------------------------------------------------------------------------
 
@@ -408,7 +434,8 @@ class SlaService:
         row = SlaPolicyRow(name=policy.name, version=(current.version if current else 0) + 1, target=policy.target,
                            calendar=policy.calendar, warn_ratio=policy.warn_ratio,
                            escalation=[s.to_dict() for s in policy.escalation], description=policy.description,
-                           created_at=utcnow(), created_by=actor.username)
+                           created_at=utcnow(), created_by=actor.username,
+                           priority_targets=dict(policy.priority_targets) or None)
         session.add(row)
         session.flush()
         return SlaPolicy.from_row(row), True
@@ -523,8 +550,10 @@ class SlaService:
         from . import spiff
 
         session, now = cmd.session, cmd.now
+        task = spiff.find_task(cmd.workflow, task_id)
+        priority = task.data.get("priority") if task is not None else None
         try:
-            due = self.due(session, policy, now)
+            due = self.due(session, policy, now, priority if isinstance(priority, str | int) else None)
         except NotFound as exc:  # the task still opens, without a due date, and history says why
             log.warning("case %s task %s: %s", cmd.case.id, spec, exc)
             cmd.record("sla_policy_missing", spiff.find_task(cmd.workflow, task_id), {"policy": policy},

@@ -156,6 +156,30 @@ def test_task_due_follows_a_business_calendar(sla_engine: WorkflowEngine, sla: S
     assert (started["payload"]["version"], started["payload"]["calendar"]) == (2, "china")
 
 
+def test_targets_per_case_priority(sla_engine: WorkflowEngine, sla: SlaService, db: Any) -> None:
+    policy = SlaPolicy.from_dict({"name": "p", "target": "PT48H", "priority_targets": {"urgent": "PT24H"}})
+    start = sh(2026, 6, 1, 9)
+    assert [due_for(policy, start, priority=p).due for p in (None, "normal", "urgent")] == [
+        sh(2026, 6, 3, 9), sh(2026, 6, 3, 9), sh(2026, 6, 2, 9)]
+    with pytest.raises(InvalidInput) as err:
+        SlaPolicy.from_dict({"name": "p", "target": "PT1H", "priority_targets": {"urgent": "soon"}})
+    assert err.value.errors[0]["field"] == "priority_targets.urgent"
+    assert set_policy(db, sla, name="test.handle", target="PT2H", priority_targets={"urgent": "PT30M"}).version == 2
+    t0 = dt.datetime(2026, 6, 1, 1, 0, tzinfo=dt.UTC)
+    with time_machine.travel(t0, tick=False):
+        urgent = sla_engine.start_case("sla_task", {"priority": "urgent"}, SYSTEM)
+        normal = sla_engine.start_case("sla_task", {"priority": "normal"}, SYSTEM)
+        expiring = sla_engine.start_case("sla_timer", {}, SYSTEM)
+    assert urgent["tasks"][0]["due"] == (t0 + dt.timedelta(minutes=30)).isoformat()
+    assert normal["tasks"][0]["due"] == (t0 + dt.timedelta(hours=2)).isoformat()
+    [started] = history(sla_engine, urgent["id"], "sla_started")
+    assert (started["payload"]["priority"], started["payload"]["target"], started["payload"]["version"]) == (
+        "urgent", "PT30M", 2)
+    with db.read() as s:
+        assert sla.due(s, "test.handle", t0, "urgent").due == t0 + dt.timedelta(minutes=30)
+    assert sla_engine.get_case(expiring["id"], SYSTEM)["status"] == "waiting"
+
+
 def test_calendar_years_are_editable_and_apply_to_later_due_dates(
         sla_engine: WorkflowEngine, sla: SlaService, db: Any) -> None:
     with db.write() as s:
@@ -236,8 +260,10 @@ def test_api_everyone_reads_owners_change(client: Any) -> None:
     assert client.put("/api/sla/policies/dispatch.contact", json=body, headers=auditor).status_code == 403
     res = client.put("/api/sla/policies/dispatch.contact", json=body, headers=owner)
     assert res.status_code == 201 and res.get_json()["version"] == 1
-    res = client.put("/api/sla/policies/dispatch.contact", json={**body, "target": "PT3H"}, headers=owner)
+    res = client.put("/api/sla/policies/dispatch.contact",
+                     json={**body, "target": "PT3H", "priority_targets": {"urgent": "PT1H"}}, headers=owner)
     assert res.status_code == 200 and res.get_json()["version"] == 2
+    assert res.get_json()["priority_targets"] == {"urgent": "PT1H"}
     bad = client.put("/api/sla/policies/dispatch.contact", json={**body, "target": "2 hours"}, headers=owner)
     assert bad.status_code == 422 and bad.get_json()["errors"][0]["field"] == "target"
     listed = client.get("/api/sla/policies", headers=agent).get_json()
@@ -272,6 +298,10 @@ def test_cli_lists_and_sets_policies_and_calendar_years(app: Any) -> None:
     assert result.exit_code == 0 and "version 2" in result.output, result.output
     shown = json.loads(runner.invoke(cli, ["sla", "show", "survey.expiry"]).output)
     assert [v["target"] for v in shown] == ["P7D", "P10D"]
+    assert shown[1]["escalation"] == shown[0]["escalation"]  # unspecified fields keep their value
+    result = runner.invoke(cli, ["sla", "set", "survey.expiry", "--priority-target", "urgent=P3D"])
+    assert result.exit_code == 0 and "version 3" in result.output, result.output
+    assert "urgent:P3D" in runner.invoke(cli, ["sla", "list"]).output
     result = runner.invoke(cli, ["sla", "set", "survey.expiry", "--warn-ratio", "3"])
     assert result.exit_code == 1 and "warn_ratio" in result.output
     result = runner.invoke(cli, ["calendar", "set-year", "china", "2030", "--holiday", "2030-10-01",

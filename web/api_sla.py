@@ -24,7 +24,9 @@ POLICY_BODY = {"type": "object", "required": ["target"], "properties": {
     "target": {"type": "string", "description": "ISO 8601 duration, e.g. PT1H, P1D (one working day)"},
     "calendar": {"type": "string", "description": "'24x7' or the name of a business calendar"},
     "warn_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "escalation": {"type": "array", "items": STEP}, "description": {"type": "string"}}}
+    "escalation": {"type": "array", "items": STEP}, "description": {"type": "string"},
+    "priority_targets": {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "targets for cases of these priorities, e.g. {\"urgent\": \"PT12H\"}"}}}
 CALENDAR_BODY = {"type": "object", "properties": {
     "timezone": {"type": "string"}, "hours": {"type": "object"}, "makeup_weekday": {"type": "string"},
     "years": {"type": "object"}}}
