@@ -379,11 +379,13 @@ def test_inbox_stays_fast_with_100000_open_tasks(client: Any, svc: Any, users: A
              (boss, InboxFilter(state="breached", process="bulk")), (agent, InboxFilter(scope="mine"))]
     with svc.db.read() as s:
         for who, f in cases:
-            started = time.perf_counter()
-            page = inbox(s, who, f, counts=scope_counts(s, who))
-            took = time.perf_counter() - started
+            took = []
+            for _ in range(3):  # the best of three: the box is shared, a single run can be descheduled
+                started = time.perf_counter()
+                page = inbox(s, who, f, counts=scope_counts(s, who))
+                took.append(time.perf_counter() - started)
             assert page.tasks or f.scope == "mine", f
-            assert took < 0.5, f"{f} took {took * 1000:.0f} ms"
+            assert min(took) < 0.25, f"{f} took {min(took) * 1000:.0f} ms"
         assert [t["case"]["case_ref"] for t in inbox(s, agent, InboxFilter(search="R0054321")).tasks] == ["R0054321"]
     started = time.perf_counter()
     login(client, "agent")

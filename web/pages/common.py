@@ -3,6 +3,7 @@ the template filters (times in the staff's zone, SLA words, masked data)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -170,10 +171,18 @@ def is_list(value: Any) -> bool:
     return isinstance(value, list)
 
 
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def is_time_text(value: Any) -> bool:
+    """Case data keeps times as ISO text; pages show them in the staff's zone."""
+    return isinstance(value, str) and bool(_ISO_TIME.match(value))
+
+
 def register_template_helpers(app: Flask) -> None:
     app.jinja_env.filters.update(local_time=local_time, relative_time=relative_time, sla_words=sla_words,
                                  status_words=status_words, event_words=event_words)
-    app.jinja_env.tests.update(mapping_value=is_mapping, list_value=is_list)
+    app.jinja_env.tests.update(mapping_value=is_mapping, list_value=is_list, time_text=is_time_text)
     # Globals, not context: imported macros (pagers, badges) see them too.
     app.jinja_env.globals.update(page_url=page_url, sla_state=sla_state, process_names=process_names,
                                  case_summary=case_summary)
