@@ -69,11 +69,16 @@ class Database:
 def _unavailable_on_disconnect() -> Iterator[None]:
     try:
         yield
-    except OperationalError as exc:
-        text = str(exc.orig) if exc.orig else str(exc)
+    except Exception as exc:
+        # SQLAlchemy's wrapper, or the driver's own error from raw DB-API calls (engine/fastsql.py)
+        if not isinstance(exc, OperationalError) and type(exc).__name__ != "OperationalError":
+            raise
+        orig = getattr(exc, "orig", None)
+        text = str(orig) if orig else str(exc)
         lowered = text.lower()
         if any(s in lowered for s in ("could not connect", "connection refused", "server closed",
-                                        "database is locked", "terminating connection", "unable to open")):
+                                        "database is locked", "terminating connection", "unable to open",
+                                        "readonly database", "disk is full", "disk i/o error")):
             raise Unavailable(f"database unavailable: {text.splitlines()[0]}") from exc
         raise
 
