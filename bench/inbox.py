@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# This folder holds bench/http.py: keep it off the path so it cannot hide the standard ``http``.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, insert, select, text  # noqa: E402
 
-from bench.http import DEFAULT_PG, pg_reachable, pg_schema, sqlite_file  # noqa: E402
+from bench.cluster import DEFAULT_PG, pg_reachable, pg_schema, sqlite_file  # noqa: E402
 from engine import SYSTEM, Actor, Database, HandlerRegistry, WorkflowEngine  # noqa: E402
 from engine.models import Case, OpenTask, TaskCandidate  # noqa: E402
 from web.inbox_query import InboxFilter, inbox  # noqa: E402

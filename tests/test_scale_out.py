@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from bench.http import DEFAULT_PG, Client, Cluster, Stats, pg_reachable, pg_schema, ready_task
+from bench.cluster import DEFAULT_PG, Client, Cluster, Stats, pg_reachable, pg_schema, ready_task
 from engine.models import Case, CaseEvent, OpenTask, Timer
 
 CASES = int(os.environ.get("AFTERCARE_SCALE_CASES", "300"))
