@@ -104,6 +104,9 @@ def read_source(name: str, raw: bytes | str, problems: _Problems | None = None) 
         except json.JSONDecodeError as exc:
             local.add(base, f"invalid JSON: {exc.msg}", line=exc.lineno)
             return None
+        except RecursionError:  # hostile nesting: a form is never this deep
+            local.add(base, "invalid JSON: nested too deeply")
+            return None
         if not isinstance(schema, dict):
             local.add(base, "a form must be a JSON Schema object")
             return None
