@@ -55,8 +55,9 @@ test: $(STAMP) $(ASSETS) $(MO) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# Every bench at small sizes, one table (a few minutes); `$(BIN)/python bench/suite.py --full` for the issue's sizes.
 bench: $(STAMP)
-	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) node_modules web/static/vendor instance
