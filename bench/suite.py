@@ -157,7 +157,7 @@ def replay_rows(out: str) -> list[Row]:
 def kpi_rows(out: str) -> list[Row]:
     rows = []
     for m in re.finditer(r"^(sqlite|postgresql)\s+" + NUM + r"\s+" + NUM + r"\s+" + NUM + r"s\s+" + NUM + "s",
-                         out, re.M):
+                         out, re.M | re.I):
         cold = num(m.group(4))
         rows.append(Row("kpi", f"{m.group(1)} ({m.group(2)} events): one-year report cold / warm s",
                         f"{m.group(4)} / {m.group(5)}", "< 2 s", verdict(cold < 2)))
