@@ -14,6 +14,7 @@ from typing import Any
 import click
 from flask import Flask
 from flask.cli import FlaskGroup
+from werkzeug.routing import IntegerConverter
 
 from engine import SYSTEM, Database, WorkflowEngine
 from engine.identity import add_user
@@ -66,11 +67,20 @@ def _secret_key(instance: Path) -> str:
     return path.read_text().strip()
 
 
+class Int64Converter(IntegerConverter):
+    """Path ids beyond the databases' 64-bit integers match no route (404) instead of overflowing."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002 (werkzeug's name)
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     config = dict(config or {})
     app = Flask(__name__, instance_path=str(ROOT / "instance"), static_folder=str(ROOT / "web" / "static"),
                 template_folder=str(ROOT / "web" / "templates"))
     instance = Path(app.instance_path)
+    app.url_map.converters["int"] = Int64Converter
     app.config.update(
         DATABASE_URL=os.environ.get("AFTERCARE_DATABASE_URL", f"sqlite:///{instance / 'aftercare.db'}"),
         PROCESSES_DIR=os.environ.get("AFTERCARE_PROCESSES_DIR", str(ROOT / "processes")),

@@ -33,10 +33,13 @@ def _int_arg(name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidInput(f"query parameter '{name}' must be an integer",
                            [{"field": name, "message": "expected an integer"}]) from None
+    if not -(2**63) <= value < 2**63:  # the databases' integers are 64-bit
+        raise InvalidInput(f"query parameter '{name}' is out of range", [{"field": name, "message": "out of range"}])
+    return value
 
 
 @route(api, "/openapi.json", "GET", "This API's OpenAPI 3 document", auth=False)

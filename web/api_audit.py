@@ -30,10 +30,13 @@ def _int_arg(name: str) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise InvalidInput(f"query parameter '{name}' must be an integer",
                            [{"field": name, "message": "expected an integer"}]) from None
+    if not -(2**63) <= value < 2**63:  # the databases' integers are 64-bit
+        raise InvalidInput(f"query parameter '{name}' is out of range", [{"field": name, "message": "out of range"}])
+    return value
 
 
 def _time_arg(name: str) -> dt.datetime | None:

@@ -23,7 +23,7 @@ STEP = {"type": "object", "required": ["action"], "properties": {
 POLICY_BODY = {"type": "object", "required": ["target"], "properties": {
     "target": {"type": "string", "description": "ISO 8601 duration, e.g. PT1H, P1D (one working day)"},
     "calendar": {"type": "string", "description": "'24x7' or the name of a business calendar"},
-    "warn_ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "warn_ratio": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},  # OpenAPI 3.0 form
     "escalation": {"type": "array", "items": STEP}, "description": {"type": "string"},
     "priority_targets": {"type": "object", "additionalProperties": {"type": "string"},
                          "description": "targets for cases of these priorities, e.g. {\"urgent\": \"PT12H\"}"}}}
@@ -49,7 +49,7 @@ def _body() -> dict[str, Any]:
     return body
 
 
-@route(api_sla, "/policies", "GET", "SLA policies in force (newest version of each)")
+@route(api_sla, "/policies", "GET", "SLA policies in force (newest version of each)", responses={200: "array"})
 def list_policies() -> Response:
     current_actor()
     with services().db.read() as s:
@@ -73,7 +73,7 @@ def put_policy(name: str) -> tuple[Response, int]:
     return jsonify({**policy.to_dict(), "changed": changed}), 201 if changed and policy.version == 1 else 200
 
 
-@route(api_sla, "/calendars", "GET", "Business calendars ('24x7' is built in)")
+@route(api_sla, "/calendars", "GET", "Business calendars ('24x7' is built in)", responses={200: "array"})
 def list_calendars() -> Response:
     current_actor()
     with services().db.read() as s:
@@ -112,7 +112,8 @@ def put_calendar_year(name: str, year: int) -> Response:
 
 
 @route(api_sla, "/compliance", "GET", "SLA compliance per policy: closed task clocks met and breached",
-       params={"since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}})
+       params={"since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}},
+       responses={200: "array"})
 def compliance() -> Response:
     current_actor()
     bounds = {}

@@ -70,6 +70,8 @@ def _response_schema(kind: str) -> dict[str, Any]:
         return {"$ref": f"#/components/schemas/{kind}"}
     if kind == "xml":
         return {"type": "string"}
+    if kind == "array":
+        return {"type": "array"}
     return {"type": "object"}
 
 
