@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, this folder comes first on sys.path, where a sibling module could shadow the
+# standard library's (bench/http.py would hide `http`): import from the project root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, func, insert, select, text, update  # noqa: E402
