@@ -7,7 +7,7 @@ ASSETS := web/static/vendor/.built
 MO     := web/translations/zh/LC_MESSAGES/messages.mo
 PORT   ?= 5000
 
-.PHONY: run test lint assets browser translations bench clean
+.PHONY: run test lint assets browser translations bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ test: $(STAMP) $(ASSETS) $(MO) browser
 # Every bench at small sizes, one table (a few minutes); `$(BIN)/python bench/suite.py --full` for the issue's sizes.
 bench: $(STAMP)
 	$(BIN)/python bench/suite.py
+
+# The long load-and-kill run (SIGKILLs web and timer workers under load; under 10 minutes).
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) node_modules web/static/vendor instance
