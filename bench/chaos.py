@@ -116,6 +116,9 @@ def run_backend(name: str, url: str, cases: int, kills: int, threads: int, web: 
             return self
 
         def restart(self, what: str) -> None:
+            old = self.named[what]
+            if old in self.procs:  # killed: no longer one of the cluster's live processes
+                self.procs.remove(old)
             self._spawn(what + "-again", self.argv[what])
             self.named[what] = self.procs[-1]
 
