@@ -7,64 +7,16 @@ import shutil
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine import SYSTEM, HandlerRegistry
+from engine import SYSTEM
 from engine.identity import add_user
-from tests.browser.layout import add_layout
-from tests.conftest import PASSWORD, SAMPLES
+from tests.conftest import PASSWORD
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-STAFF = {"agent": ["hotline"], "tech": ["technician"], "owner": ["process-owner"], "boss": ["supervisor"],
-         "auditor": ["auditor"]}
-
-
-def artifacts_dir() -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    ignore = ARTIFACTS / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")  # screenshots are never committed
-    return ARTIFACTS
-
-
-@dataclass
-class LiveServer:
-    url: str
-    app: Any
-
-    @property
-    def engine(self) -> Any:
-        return self.app.extensions["aftercare"].engine
-
-
-def _handlers() -> HandlerRegistry:
-    registry = HandlerRegistry()
-
-    @registry.register("sample.notify")
-    def notify(ctx: Any, recipient: str, priority: str) -> dict[str, Any]:
-        ctx.notify("sms", recipient, f"Your request has priority {priority}")
-        return {"sent": True, "to": recipient}
-
-    @registry.register("sample.flaky")
-    def flaky(ctx: Any, value: Any = None) -> dict[str, Any]:
-        return {"ok": True}
-
-    return registry
-
-
-def sample_bundle() -> list[tuple[str, bytes]]:
-    """The engine tests' sample processes, with a diagram layout added so bpmn-js can draw them."""
-    files = []
-    for path in sorted(SAMPLES.iterdir()):
-        if path.suffix in (".bpmn", ".dmn", ".json"):
-            content = path.read_bytes()
-            files.append((path.name, add_layout(content) if path.suffix == ".bpmn" else content))
-    return files
+from .support import CHROMIUM, STAFF, LiveServer, artifacts_dir, sample_bundle, sample_handlers
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +28,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, _sqlite_template: Path
     db_path = tmp_path_factory.mktemp("browser") / "aftercare.db"
     shutil.copy(_sqlite_template, db_path)
     app = create_app({"DATABASE_URL": f"sqlite:///{db_path}", "SECRET_KEY": "browser-tests", "SCHEDULER": "off",
-                      "HANDLER_REGISTRY": _handlers()})
+                      "HANDLER_REGISTRY": sample_handlers()})
     svc = app.extensions["aftercare"]
     svc.engine.deploy(sample_bundle(), SYSTEM)
     with svc.db.write() as s:
@@ -137,11 +89,3 @@ def page(browser: Any, live_server: LiveServer, request: pytest.FixtureRequest) 
             except Exception as exc:  # the page may be gone; the test's own error matters more
                 print(f"no screenshot: {exc}")
         context.close()
-
-
-def sign_in(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("form.stack button[type=submit]")
-    page.wait_for_url(lambda url: "/login" not in url)

@@ -8,7 +8,8 @@ import re
 from typing import Any
 
 from engine import SYSTEM
-from tests.browser.conftest import LiveServer, artifacts_dir, sign_in
+
+from .support import LiveServer, artifacts_dir, sign_in
 
 
 def screens() -> Any:
