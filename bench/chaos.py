@@ -139,9 +139,13 @@ def run_backend(name: str, url: str, cases: int, kills: int, threads: int, web: 
 
         def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             """One request, retried while the server is down; (0, None) when the answer was lost."""
-            for attempt in range(60):
+            for attempt in range(120):
                 try:
                     status, data, _ = client().call(method, path, body)
+                except ConnectionRefusedError:  # the server is down: the request was never sent
+                    client().conn.close()
+                    time.sleep(0.5)
+                    continue
                 except OSError:
                     client().conn.close()
                     if method == "POST":
@@ -150,7 +154,7 @@ def run_backend(name: str, url: str, cases: int, kills: int, threads: int, web: 
                         return 0, None  # unknown outcome: the caller checks the state
                     time.sleep(0.5)
                     continue
-                if status in (502, 503) and attempt < 59:
+                if status in (502, 503) and attempt < 119:
                     time.sleep(0.5)
                     continue
                 return status, data
