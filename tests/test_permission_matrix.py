@@ -220,11 +220,14 @@ def test_permission_matrix(app: Any, world: dict[str, Any]) -> None:
     last = {"/login", "/logout"}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule in last, r.rule)):
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            row = []
+            row: list[int] = []
+            values = _values(world, fresh=method != "GET")
             for caller in world["callers"]:
-                values = _values(world, fresh=method != "GET")
                 url = _fill(rule.rule, values)
                 row.append(_request(caller, method, rule.rule, url, values["task_id"]))
+                # a command that went through may have changed the case: the next caller gets a fresh one
+                if method != "GET" and (row[-1] < 300 or (row[-1] == 302 and caller.username)):
+                    values = _values(world, fresh=True)
             actual[(rule.rule, method)] = tuple(row)
     if os.environ.get("AFTERCARE_PRINT_MATRIX"):
         for (rule, method), row in actual.items():
