@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: import from the project root, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from handlers.outbox import SmsGateway  # noqa: E402
 
