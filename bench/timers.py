@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, insert, select, text, update  # noqa: E402
+from sqlalchemy import bindparam, create_engine, func, insert, select, text, update  # noqa: E402
 
 from engine import SYSTEM, Database, HandlerRegistry, WorkflowEngine  # noqa: E402
 from engine.models import Case, CaseEvent, Timer  # noqa: E402
@@ -119,10 +119,11 @@ def move_into_window(db: Database, moves: list[tuple[int, dt.datetime, dt.dateti
     """Give each case's timer its due time in the window: the timer row and the ISO value the
     workflow's timer event holds (the same text appears in its serialized task rows)."""
     with db.write() as s:
-        for case_id, old, new in moves:
-            s.execute(update(Timer).where(Timer.case_id == case_id).values(due_at=new))
-            s.execute(text("UPDATE case_tasks SET body = replace(body, :old, :new) WHERE case_id = :c"),
-                      {"old": old.isoformat(), "new": new.isoformat(), "c": case_id})
+        table = Timer.__table__
+        s.execute(update(table).where(table.c.case_id == bindparam("c")).values(due_at=bindparam("due")),
+                  [{"c": case_id, "due": new} for case_id, _, new in moves])
+        s.execute(text("UPDATE case_tasks SET body = replace(body, :old, :new) WHERE case_id = :c"),
+                  [{"old": old.isoformat(), "new": new.isoformat(), "c": case_id} for case_id, old, new in moves])
 
 
 # --- the run ----------------------------------------------------------------------------------
