@@ -524,15 +524,25 @@ class SlaService:
 
     def ensure_defaults(self, session: Session, path: Path | None = None, actor: Actor | None = None,
                         today: dt.date | None = None) -> list[str]:
-        """Create the default calendar and every policy of the default table that is missing."""
+        """Create the default calendar and every policy of the default table that is missing;
+        give the default calendar this year and the next from the ``holidays`` package when it
+        has no entry for them yet (years edited by hand are left alone)."""
         from .identity import SYSTEM
 
         actor = actor or SYSTEM
         created: list[str] = []
+        year = (today or dt.datetime.now(dt.UTC).date()).year
         if session.get(SlaCalendarRow, DEFAULT_CALENDAR) is None:
-            year = (today or dt.datetime.now(dt.UTC).date()).year
             self._store_calendar(session, china_calendar([year, year + 1], name=DEFAULT_CALENDAR), actor)
             created.append(f"calendar {DEFAULT_CALENDAR}")
+        else:
+            cal = self.calendar(session, DEFAULT_CALENDAR)
+            for y in (year, year + 1):
+                if not cal.holidays_in(y) and not cal.makeup_days_in(y):
+                    source = china_calendar(y)
+                    cal = cal.with_year(y, holidays=source.holidays, makeup_days=source.makeup_days)
+                    created.append(f"calendar {DEFAULT_CALENDAR} {y}")
+            self._store_calendar(session, cal, actor)
         table = json.loads((path or DEFAULT_POLICY_FILE).read_text(encoding="utf-8"))
         existing = set(session.scalars(select(SlaPolicyRow.name).distinct()))
         for entry in table.get("policies", []):

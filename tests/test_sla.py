@@ -222,6 +222,17 @@ def test_policy_versions_and_unknown_names(sla: SlaService, db: Any) -> None:
         assert sla.ensure_defaults(s) == []  # nothing missing any more
 
 
+def test_default_calendar_gains_the_coming_years_but_keeps_edited_ones(sla: SlaService, db: Any) -> None:
+    with db.write() as s:
+        sla.ensure_defaults(s, today=dt.date(2026, 3, 1))
+        assert sla.calendar_info(s, "china")["years"].keys() == {"2026", "2027"}
+        sla.set_calendar_year(s, "china", 2027, ["2027-10-01"], [], OWNER)  # edited by hand
+        assert sla.ensure_defaults(s, today=dt.date(2027, 1, 2)) == ["calendar china 2028"]
+        years = sla.calendar_info(s, "china")["years"]
+        assert years["2027"] == {"holidays": ["2027-10-01"], "makeup_days": []} and "2028" in years
+        assert sla.ensure_defaults(s, today=dt.date(2027, 1, 2)) == []
+
+
 def test_unknown_policy_in_a_diagram_is_an_incident(sla_engine: WorkflowEngine, db: Any) -> None:
     with db.write() as s:
         from engine.sla import SlaPolicyRow
