@@ -113,10 +113,18 @@ def issue_token(session: Session, user: User) -> str:
 
 
 def actor_for_token(session: Session, token: str) -> Actor:
-    row = session.get(ApiToken, _digest(token))
-    if row is None or row.expires_at < utcnow():
+    # One round trip: every API request pays for this lookup.
+    rows = session.execute(
+        select(ApiToken.expires_at, User.username, User.active, Membership.group_name)
+        .join(User, User.id == ApiToken.user_id)
+        .outerjoin(Membership, Membership.user_id == User.id)
+        .where(ApiToken.token_hash == _digest(token))
+    ).all()
+    if not rows or rows[0].expires_at < utcnow():
         raise Unauthenticated("invalid or expired token")
-    return actor_for_user_id(session, row.user_id)
+    if not rows[0].active:
+        raise Unauthenticated("unknown or disabled user")
+    return Actor(rows[0].username, frozenset(r.group_name for r in rows if r.group_name))
 
 
 def actor_for_user_id(session: Session, user_id: int) -> Actor:

@@ -412,7 +412,8 @@ class WorkflowEngine:
             q = q.where(or_(mine, in_groups))
         if process:
             q = q.where(OpenTask.process_key == process)
-        q = q.order_by(OpenTask.due_at.is_(None), OpenTask.due_at, OpenTask.created_at, OpenTask.id)
+        # NULLS LAST rather than "due_at IS NULL" first: PostgreSQL can then walk the due_at index.
+        q = q.order_by(OpenTask.due_at.asc().nulls_last(), OpenTask.created_at, OpenTask.id)
         with self.db.read() as session:
             return self._task_rows(session, q.limit(limit).offset(offset))
 
