@@ -49,9 +49,16 @@ class Statement:
 
 
 def _cursor(session: Session) -> tuple[Any, bool]:
+    # One driver cursor per transaction: asking the session for its connection costs more
+    # than most of the statements run on it.
+    cached = session.info.get("fastsql_cursor")
+    if cached is not None and cached[2] is session.get_transaction():
+        return cached[0], cached[1]
     conn = session.connection()
-    raw = conn.connection.driver_connection
-    return raw.cursor(), conn.dialect.name == "sqlite"
+    cursor = conn.connection.driver_connection.cursor()
+    sqlite = conn.dialect.name == "sqlite"
+    session.info["fastsql_cursor"] = (cursor, sqlite, session.get_transaction())
+    return cursor, sqlite
 
 
 def parse_time(value: Any) -> dt.datetime | None:
