@@ -23,8 +23,9 @@ def register_pages(app: Flask) -> None:
     from .processes import processes
     from .sla import sla
     from .tasks import tasks
+    from .timetravel import timetravel
 
-    for bp in (auth, inbox, tasks, cases, processes, sla, board, audit):
+    for bp in (auth, inbox, tasks, cases, processes, sla, board, audit, timetravel):
         app.register_blueprint(bp)
     register_template_helpers(app)
     app.extensions["aftercare"].error_page = error_page

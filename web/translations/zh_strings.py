@@ -4,6 +4,22 @@ merges it into ``zh/LC_MESSAGES/messages.po`` after ``make translations`` extrac
 from __future__ import annotations
 
 ZH: dict[str, str] = {
+    # stepping through a case's history
+    "History step by step": "逐步查看历史",
+    "Step through history": "逐步查看历史",
+    "Case #%(id)s after event %(seq)s of %(last)s": "案件 #%(id)s：第 %(seq)s / %(last)s 个事件之后",
+    "event": "事件",
+    "First": "第一个",
+    "Last": "最后一个",
+    "Replay diverged; the state shown may be incomplete.": "重放出现分歧，显示的状态可能不完整。",
+    "Changes made by this event": "本事件带来的变更",
+    "Field": "字段",
+    "Change": "变更",
+    "Before": "之前",
+    "After": "之后",
+    "No change to the case data.": "案件数据没有变化。",
+    "Case data at this point": "此时的案件数据",
+    "Events": "事件",
     # forms
     "Yes": "是",
     "No": "否",
