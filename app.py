@@ -364,9 +364,24 @@ def start_scheduler(app: Flask) -> Any:
 
     svc = services(app)
     if svc.scheduler is None:
-        svc.scheduler = TimerWorker(svc.engine).start()
+        svc.scheduler = TimerWorker(svc.engine, periodic=periodic_jobs(svc)).start()
         atexit.register(svc.scheduler.stop, False)
     return svc.scheduler
+
+
+def periodic_jobs(svc: Services) -> list[tuple[str, float, Callable[[], Any]]]:
+    """After-sales work that recurs: send notices, expire unanswered surveys, start linked cases
+    a crash left pending. Run by the embedded scheduler and by `aftercare worker`."""
+    from handlers.links import start_pending_links
+    from handlers.outbox import OutboxDispatcher
+    from handlers.surveys import expire_surveys
+
+    dispatcher = OutboxDispatcher(svc.db)
+    return [
+        ("outbox", float(os.environ.get("AFTERCARE_OUTBOX_INTERVAL", "10")), dispatcher.run_once),
+        ("surveys", 600.0, lambda: expire_surveys(svc.db)),
+        ("links", 60.0, lambda: start_pending_links(svc.engine)),
+    ]
 
 
 def _run_with_scheduler(**kwargs: Any) -> Any:
@@ -413,7 +428,8 @@ def worker_command(name: str | None, lease: float, sweep: float, threads: int | 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("spiff").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise here
-    worker = TimerWorker(services(current_app).engine, name, lease=lease, sweep=sweep, threads=threads)
+    svc = services(current_app)
+    worker = TimerWorker(svc.engine, name, lease=lease, sweep=sweep, threads=threads, periodic=periodic_jobs(svc))
     click.echo(f"timer worker {worker.name} running; Ctrl-C stops it")
     try:
         worker.run_forever()

@@ -35,7 +35,7 @@ import threading
 import time
 from calendar import monthrange
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -385,8 +385,12 @@ class TimerWorker:
     def __init__(self, engine: WorkflowEngine, name: str | None = None, *, lease: float = 60.0,
                  sweep: float = 10.0, batch: int = 200, threads: int | None = None, retry_delay: float = 30.0,
                  listen: bool = True, preload: int = 1000,
-                 on_fired: Callable[[Claimed, Any], None] | None = None) -> None:
+                 on_fired: Callable[[Claimed, Any], None] | None = None,
+                 periodic: Sequence[tuple[str, float, Callable[[], Any]]] = ()) -> None:
         self.engine = engine
+        # Other recurring work of the application (sending notices, expiring links...): the
+        # engine runs it on the same scheduler without knowing what it is.
+        self.periodic = list(periodic)
         self.db = engine.db
         self.name = name or default_worker_name()
         self.lease = dt.timedelta(seconds=lease)
@@ -432,6 +436,9 @@ class TimerWorker:
         scheduler.add_job(self._sweep, IntervalTrigger(seconds=self.sweep_seconds, timezone=dt.UTC), id="sweep",
                           max_instances=1, coalesce=True, misfire_grace_time=None,
                           next_run_time=dt.datetime.now(dt.UTC))
+        for job_name, seconds, job in self.periodic:
+            scheduler.add_job(_logged(job_name, job), IntervalTrigger(seconds=seconds, timezone=dt.UTC),
+                              id=f"periodic:{job_name}", max_instances=1, coalesce=True, misfire_grace_time=None)
         if self.listen:
             self._listener = threading.Thread(target=self._listen, name="timer-listen", daemon=True)
             self._listener.start()
@@ -597,6 +604,16 @@ class TimerWorker:
         if self.on_fired is not None:
             self.on_fired(claimed, result)
         return bool(result)
+
+
+def _logged(name: str, job: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            job()
+        except Exception:  # a failing periodic job must not stop the scheduler; it runs again
+            log.exception("periodic job %s failed", name)
+
+    return run
 
 
 def notify_new_timers(db: Any, horizon: float = 10.0) -> Callable[[Command], None]:
