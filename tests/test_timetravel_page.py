@@ -8,6 +8,12 @@ from typing import Any
 
 from conftest import PASSWORD
 
+MARKERS = re.compile(r'<script type="application/json" id="case-markers">(.*?)</script>', re.S)
+
+
+def markers_of(html: str) -> dict[str, list[str]]:
+    return json.loads(MARKERS.search(html).group(1))
+
 
 def sign_in(client: Any, username: str) -> None:
     page = client.get("/login").get_data(as_text=True)
@@ -27,18 +33,18 @@ def test_auditor_steps_through_a_case(client: Any, app: Any, users: dict[str, An
     first = client.get(f"/instances/{case['id']}/at/2")
     assert first.status_code == 200
     html = first.get_data(as_text=True)
-    markers = json.loads(re.search(r'<script type="application/json" id="case-markers">(.*?)</script>', html, re.S).group(1))
+    markers = markers_of(html)
     assert markers["active"] == ["register"] and "fix" not in markers["completed"]
     assert 'id="step-next"' in html and 'id="step-prev"' in html
 
     after = client.get(f"/instances/{case['id']}/at/{completed_at}").get_data(as_text=True)
-    markers = json.loads(re.search(r'<script type="application/json" id="case-markers">(.*?)</script>', after, re.S).group(1))
+    markers = markers_of(after)
     assert "register" in markers["completed"]
     assert "<code>customer</code>" in after  # the data diff of the completion
 
     last = events[-1]["seq"]
     end = client.get(f"/instances/{case['id']}/at/{last}").get_data(as_text=True)
-    markers = json.loads(re.search(r'<script type="application/json" id="case-markers">(.*?)</script>', end, re.S).group(1))
+    markers = markers_of(end)
     assert markers["active"] == ["fix"] and 'id="step-next"' not in end
     assert client.get(f"/instances/{case['id']}/at/{last + 1}").status_code == 404
 
