@@ -273,7 +273,7 @@ def main() -> int:
     parser.add_argument("--pg-url", default=DEFAULT_PG)
     parser.add_argument("--pg-workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="firing threads per worker (default: engine's)")
-    parser.add_argument("--warmup", type=float, default=20.0,
+    parser.add_argument("--warmup", type=float, default=40.0,
                         help="seconds the workers run before the window opens (they load upcoming cases)")
     parser.add_argument("--preload", type=int, default=None,
                         help="cases each worker loads ahead of their timers (default: --due)")
