@@ -183,13 +183,18 @@ def test_intake_is_rate_limited_per_client_address(db_url: str) -> None:
         assert limited.status_code == 429
         assert "Too many requests" in limited.get_json()["error"] and "请" in limited.get_json()["error"]
         assert int(limited.headers["Retry-After"]) >= 1
-        page = client.post("/intake", data={"kind": "inquiry"})  # the web form shares the limit
+        page = client.post("/intake", data={"kind": "inquiry", "csrf_token": form_token(client)})  # shares the limit
         assert page.status_code == 429 and "Too many requests" in page.text
         other = client.post("/api/intake", json=REQUESTS["inquiry"], environ_base={"REMOTE_ADDR": "10.1.2.3"})
         assert other.status_code == 201
         assert _cases(app) == 4
     finally:
         app.extensions["aftercare"].db.dispose()
+
+
+def form_token(client: Any, path: str = "/intake") -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
 def test_web_form_starts_a_case_and_shows_its_reference(intake_app: Any) -> None:
@@ -200,7 +205,8 @@ def test_web_form_starts_a_case_and_shows_its_reference(intake_app: Any) -> None
             "customer_address": "上海市浦东新区世纪大道 100 号", "region": "上海浦东", "product_model": "KFR-50LW",
             "text": "室外机噪音很大 Outdoor unit is very noisy", "fault_type": "noise_vibration",
             "urgency": "normal"}
-    done = client.post("/intake", data=form)
+    assert client.post("/intake", data=form).status_code == 403  # no token of the visitor's session
+    done = client.post("/intake", data={**form, "csrf_token": form_token(client)})
     assert done.status_code == 201, done.text
     ref = re.search(r'id="case-ref">([A-Z]+-2026-\d{6})<', done.text)
     assert ref is not None
@@ -214,7 +220,7 @@ def test_web_form_starts_a_case_and_shows_its_reference(intake_app: Any) -> None
 def test_web_form_marks_the_fields_to_fix(intake_app: Any) -> None:
     client = intake_app.test_client()
     res = client.post("/intake", data={"kind": "complaint", "customer_name": "赵磊", "customer_phone": "12",
-                                       "text": "服务太慢", "item_qty_1": "2"})
+                                       "text": "服务太慢", "item_qty_1": "2", "csrf_token": form_token(client)})
     assert res.status_code == 422
     assert 'id="e-customer_phone"' in res.text and 'id="e-occurred_at"' in res.text and 'id="e-location"' in res.text
     assert 'value="赵磊"' in res.text  # what was typed is kept

@@ -5,6 +5,7 @@ page, and an unanswered survey counts as no response."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,10 @@ def test_answer_once_reaches_the_waiting_case_and_a_second_use_is_refused(survey
     assert page.status_code == 200 and "满意度调查" in page.text and 'name="score"' in page.text
     assert page.headers["Cache-Control"] == "no-store"
 
-    answered = client.post(url, data={"score": "2", "comment": "等了三天 Waited three days"})
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    assert client.post(url, data={"score": "2"}).status_code == 403  # no token of the visitor's session
+    assert _survey_row(survey_app, survey["survey_id"]).status == "sent"
+    answered = client.post(url, data={"score": "2", "comment": "等了三天 Waited three days", "csrf_token": token})
     assert answered.status_code == 200 and "感谢您的评价" in answered.text and "customer-care" in answered.text
 
     case = engine.get_case(case_id, SYSTEM)
@@ -138,8 +142,9 @@ def test_a_score_is_required_and_must_be_1_to_5(survey_app: Any) -> None:
     client = survey_app.test_client()
     case_id, survey = _send_survey(survey_app)
     url = _path(survey["link"])
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(url).text).group(1)
     for bad in ({}, {"score": "0"}, {"score": "6"}, {"score": "abc"}):
-        res = client.post(url, data=bad)
+        res = client.post(url, data={**bad, "csrf_token": token})
         assert res.status_code == 422 and 'id="e-score"' in res.text, bad
     assert _survey_row(survey_app, survey["survey_id"]).status == "sent"
     assert survey_app.extensions["aftercare"].engine.get_case(case_id, SYSTEM)["status"] == "waiting"
@@ -217,7 +222,8 @@ def test_a_new_round_replaces_the_unanswered_earlier_link(survey_app: Any) -> No
     assert _survey_row(survey_app, old["survey_id"]).status == "expired"
     client = survey_app.test_client()
     assert client.post(_path(old["link"]), data={"score": "1"}).status_code == 410
-    assert client.post(_path(new["link"]), data={"score": "5"}).status_code == 200
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(_path(new["link"])).text).group(1)
+    assert client.post(_path(new["link"]), data={"score": "5", "csrf_token": token}).status_code == 200
     assert svc.engine.get_case(case_id, SYSTEM)["data"]["survey_response"]["survey_id"] == new["survey_id"]
 
 

@@ -29,7 +29,7 @@ from engine.forms import field_errors
 from engine.models import utcnow
 from handlers import surveys
 
-from .auth import services
+from .auth import check_csrf, services
 from .openapi import route
 
 public = Blueprint("public", __name__)
@@ -396,6 +396,7 @@ def intake_form() -> tuple[str, int]:
 
 @public.post("/intake")
 def intake_submit() -> tuple[str, int]:
+    check_csrf()  # the form carries the token of the visitor's session, like every staff form
     values = request.form.to_dict()
     wait = _limiter().hit(_client())
     if wait:
@@ -446,6 +447,7 @@ def survey_answer(token: str) -> Response:
     view = surveys.find_survey(svc.db, token)
     if view.state != "open":
         return _no_store(_survey_state_page(view))
+    check_csrf()
     score, comment, errors = surveys.validate_answer(request.form.get("score"), request.form.get("comment"))
     if errors or score is None:
         return _no_store((render_template(
