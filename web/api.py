@@ -11,6 +11,7 @@ from engine.identity import authenticate, issue_token
 
 from .auth import current_actor, services
 from .openapi import document, route
+from .params import int_arg
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -28,18 +29,6 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"query parameter '{name}' must be an integer",
-                           [{"field": name, "message": "expected an integer"}]) from None
-    if not -(2**63) <= value < 2**63:  # the databases' integers are 64-bit
-        raise InvalidInput(f"query parameter '{name}' is out of range", [{"field": name, "message": "out of range"}])
-    return value
 
 
 @route(api, "/openapi.json", "GET", "This API's OpenAPI 3 document", auth=False)
@@ -108,7 +97,7 @@ def get_process(key: str) -> Response:
        params={"version": {"type": "integer"}}, responses={200: "xml", 404: "Error"})
 def get_process_bpmn(key: str) -> Response:
     current_actor()
-    version = _int_arg("version", 0) or None
+    version = int_arg("version", 0) or None
     name, xml = services().engine.get_bpmn(key, version)
     return Response(xml, mimetype="application/xml", headers={"X-Filename": name})
 
@@ -169,7 +158,7 @@ def cancel_instance(case_id: int) -> Response:
 def list_tasks() -> Response:
     actor = current_actor()
     tasks = services().engine.list_tasks(actor, request.args.get("scope", "all"), request.args.get("process"),
-                                         _int_arg("limit", 100), _int_arg("offset", 0))
+                                         int_arg("limit", 100), int_arg("offset", 0))
     return jsonify({"tasks": tasks})
 
 
@@ -244,7 +233,7 @@ def list_notifications() -> Response:
 
     from engine.models import OutboxMessage
 
-    limit = max(1, min(_int_arg("limit", 50), 200))
+    limit = max(1, min(int_arg("limit", 50), 200))
     with services().db.read() as s:
         rows = s.scalars(select(OutboxMessage)
                          .where(OutboxMessage.channel == "staff", OutboxMessage.recipient == actor.username)

@@ -16,6 +16,7 @@ from engine.audit import access, bundle, chain, records
 
 from .auth import current_actor, services
 from .openapi import OPERATIONS, route
+from .params import int_arg
 
 log = logging.getLogger("aftercare.audit")
 
@@ -25,18 +26,6 @@ AUDIT_EXPORTERS = frozenset({"auditor", "admin"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"query parameter '{name}' must be an integer",
-                           [{"field": name, "message": "expected an integer"}]) from None
-    if not -(2**63) <= value < 2**63:  # the databases' integers are 64-bit
-        raise InvalidInput(f"query parameter '{name}' is out of range", [{"field": name, "message": "out of range"}])
-    return value
 
 
 def _time_arg(name: str) -> dt.datetime | None:
@@ -88,7 +77,7 @@ def verify_instance(case_id: int) -> Response:
 def instance_at(case_id: int, seq: int) -> Response:
     actor = current_actor()
     _visible_case(case_id, actor)
-    diff_from = _int_arg("diff_from")
+    diff_from = int_arg("diff_from")
     state = records.case_at(services().db, case_id, seq, diff_from, services().engine.specs)
     _record(actor, f"case {case_id} as of event {seq}", access.VIEW_PERSONAL_DATA, case_id,
             {"seq": seq, "diff_from": diff_from})
@@ -122,8 +111,8 @@ def list_access_records() -> Response:
     with services().db.read() as s:
         return jsonify(access.list_access(
             s, actor, who=request.args.get("actor") or None, action=request.args.get("action") or None,
-            case_id=_int_arg("case"), since=_time_arg("since"), until=_time_arg("until"),
-            limit=_int_arg("limit") or 100, offset=_int_arg("offset") or 0))
+            case_id=int_arg("case"), since=_time_arg("since"), until=_time_arg("until"),
+            limit=int_arg("limit") or 100, offset=int_arg("offset") or 0))
 
 
 @route(api_audit, "/audit/head", "GET",

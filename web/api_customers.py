@@ -11,13 +11,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
 
-from engine import InvalidInput, NotFound
+from engine import NotFound
 from engine.audit.access import record_access
 from handlers.customers import customer_cases, customer_dict, product_dict, search_customers
 from handlers.models import Customer, CustomerProduct
 
 from .auth import current_actor, services
 from .openapi import route
+from .params import int_arg
 
 api_customers = Blueprint("api_customers", __name__, url_prefix="/api/customers")
 
@@ -31,16 +32,6 @@ CUSTOMER = {"type": "object", "properties": {
     "masked": {"type": "boolean", "description": "true when phone, e-mail and address are masked"}}}
 
 
-def _arg_int(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"query parameter '{name}' must be an integer",
-                           [{"field": name, "message": "expected an integer"}]) from None
-    return max(low, min(high, value))
 
 
 def _record_views(session: Any, actor: Any, rows: list[Customer], route_name: str) -> None:
@@ -56,7 +47,7 @@ def _record_views(session: Any, actor: Any, rows: list[Customer], route_name: st
 def list_customers() -> Response:
     actor = current_actor()
     unmasked = bool(actor.groups & UNMASKED_ROLES)
-    limit, offset = _arg_int("limit", 20, 1, 200), _arg_int("offset", 0, 0, 10**9)
+    limit, offset = int_arg("limit", 20, 1, 200), int_arg("offset", 0, 0, 10**9)
     db = services().db
     with (db.write() if unmasked else db.read()) as s:
         rows, total = search_customers(s, request.args.get("q", ""), limit, offset)

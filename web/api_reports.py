@@ -13,6 +13,7 @@ from reports import kpis as K
 
 from .auth import current_actor, services
 from .openapi import route
+from .params import int_arg
 
 api_reports = Blueprint("api_reports", __name__, url_prefix="/api/reports")
 
@@ -57,16 +58,6 @@ def query_from_request() -> ReportQuery:
     return ReportQuery(period, K.Filters(procedure=_arg("procedure"), team=_arg("team"), person=_arg("person")))
 
 
-def _int(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"query parameter '{name}' must be an integer",
-                           [{"field": name, "message": "expected an integer"}]) from None
-    return max(low, min(high, value))
 
 
 @route(api_reports, "/kpis", "GET", "Every KPI of the specification with its target, for a period and filters",
@@ -89,7 +80,8 @@ def kpi_cases(kpi: str) -> Response:
     q = query_from_request()
     with services().db.read() as s:
         out = K.drill(s, kpi, q.period, q.filters, part=request.args.get("part") or "denominator",
-                      policy=_arg("policy"), limit=_int("limit", 200, 1, 1000), offset=_int("offset", 0, 0, 10**9))
+                      policy=_arg("policy"), limit=int_arg("limit", 200, 1, 1000),
+                      offset=int_arg("offset", 0, 0, 10**9))
     return jsonify({"period": q.period.to_dict(), "filters": q.filters.to_dict(), **out})
 
 
