@@ -83,9 +83,19 @@ def document(title: str, version: str) -> dict[str, Any]:
         for status, kind in sorted(op.responses.items()):
             media = "application/xml" if kind == "xml" else "application/json"
             responses[str(status)] = {"description": kind, "content": {media: {"schema": _response_schema(kind)}}}
-        for status in ((401, 403) if op.auth else ()):
-            error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-            responses.setdefault(str(status), {"description": "not allowed", "content": error})
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        # Errors every operation of this shape can answer, from the one mapping in web/errors.py.
+        common: list[tuple[int, str]] = [(503, "database unavailable")]
+        if op.auth:
+            common += [(401, "not signed in"), (403, "not allowed")]
+        if path_params:
+            common.append((404, "not found"))
+        if op.body is not None or op.params:
+            common.append((422, "invalid input"))
+        if op.method != "GET":
+            common.append((409, "conflicts with the case's current state"))
+        for status, description in common:
+            responses.setdefault(str(status), {"description": description, "content": error})
         spec: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method.lower()}_{path}",
                                 "parameters": path_params + [
                                     {"name": n, "in": "query", "required": False, "schema": s}
