@@ -77,3 +77,29 @@ def save() -> Response | tuple[str, int]:
                 flash(_("Policy %(name)s unchanged.", name=policy.name), "info")
             return redirect(url_for("sla.index") + f"#policy-{policy.name}")
     return _page(errors, entered, 422)
+
+
+@sla.post("/sla/calendar")
+@staff_page
+def save_calendar_year() -> Response | tuple[str, int]:
+    """Replace one year's public holidays and make-up working days (调休) of a business calendar."""
+    me = actor()
+    require(may_deploy(me))
+    form = request.form
+    entered = {k: form.get(k, "") for k in ("cal_name", "cal_year", "cal_holidays", "cal_makeup")}
+    try:
+        year = int(entered["cal_year"])
+    except ValueError:
+        return _page([{"field": "cal_year", "message": _("Enter a whole number.")}], entered, 422)
+
+    def dates(text: str) -> list[str]:
+        return [d for d in text.replace(",", " ").split() if d]
+
+    try:
+        with db().write() as s:
+            _service().set_calendar_year(s, entered["cal_name"].strip(), year, dates(entered["cal_holidays"]),
+                                         dates(entered["cal_makeup"]), me)
+    except InvalidInput as exc:
+        return _page(exc.errors or [{"field": "(form)", "message": exc.message}], entered, 422)
+    flash(_("Calendar %(name)s: year %(year)s saved.", name=entered["cal_name"], year=year), "success")
+    return redirect(url_for("sla.index") + "#calendars")

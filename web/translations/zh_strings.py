@@ -4,6 +4,15 @@ merges it into ``zh/LC_MESSAGES/messages.po`` after ``make translations`` extrac
 from __future__ import annotations
 
 ZH: dict[str, str] = {
+    # calendar years
+    "Calendar %(name)s: year %(year)s saved.": "日历 %(name)s：%(year)s 年已保存。",
+    "Holidays": "节假日",
+    "Make-up working days": "调休工作日",
+    "Edit a year": "编辑某一年",
+    "Year": "年份",
+    "Holidays (one date per line, YYYY-MM-DD)": "节假日（每行一个日期，YYYY-MM-DD）",
+    "Make-up working days (调休)": "调休工作日",
+    "Save year": "保存该年",
     # stepping through a case's history
     "History step by step": "逐步查看历史",
     "Step through history": "逐步查看历史",
