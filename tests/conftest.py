@@ -58,7 +58,12 @@ def _pg_schema() -> Iterator[str]:
     if not PG_AVAILABLE:
         warnings.warn("PostgreSQL not reachable at 127.0.0.1:5432; skipping PostgreSQL variants", stacklevel=1)
         pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    schema = f"aftercare_test_{uuid.uuid4().hex[:10]}"
+    yield from migrated_pg_schema("aftercare_test")
+
+
+def migrated_pg_schema(prefix: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL schema (its URL), dropped when the generator is closed."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_URL)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -66,10 +71,12 @@ def _pg_schema() -> Iterator[str]:
     db = Database(url)
     db.migrate()
     db.dispose()
-    yield url
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -137,27 +137,9 @@ def pg_url() -> Iterator[str]:
 
 
 def _pg_schema_url() -> Iterator[str]:
-    import uuid
+    from conftest import migrated_pg_schema
 
-    from conftest import PG_URL
-    from sqlalchemy import create_engine, text
-
-    from engine import Database
-
-    schema = f"aftercare_faults_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-    db = Database(url)
-    db.migrate()
-    db.dispose()
-    try:
-        yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    yield from migrated_pg_schema("aftercare_faults")
 
 
 def test_postgresql_outage_answers_503_and_recovers_by_itself(pg_url: str) -> None:
