@@ -4,18 +4,24 @@ PostgreSQL; plus the Alembic migration entry point."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Unavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+log = logging.getLogger("aftercare.db")
 
 
 class Database:
@@ -25,10 +31,15 @@ class Database:
     def __init__(self, url: str, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.checkpointer: Checkpointer | None = None
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
-            self.engine = _sqlite_engine(url, immediate=True, echo=echo)
-            self.read_engine = _sqlite_engine(url, immediate=False, echo=echo)
+            path = _sqlite_path(url)
+            if path is not None:
+                self.checkpointer = Checkpointer(path)
+            autocheckpoint = Checkpointer.BACKSTOP_PAGES if self.checkpointer is not None else None
+            self.engine = _sqlite_engine(url, immediate=True, echo=echo, autocheckpoint=autocheckpoint)
+            self.read_engine = _sqlite_engine(url, immediate=False, echo=echo, autocheckpoint=autocheckpoint)
         else:
             self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
             self.read_engine = self.engine
@@ -41,6 +52,23 @@ class Database:
         with _unavailable_on_disconnect():
             with self._write() as session, session.begin():
                 yield session
+
+    @contextlib.contextmanager
+    def command(self) -> Iterator[Transaction]:
+        """Like ``write()`` for the command path: the connection's own transaction, with an ORM
+        session made only when something asks for one (most commands never do)."""
+        if self.checkpointer is not None:
+            self.checkpointer.ensure_running()
+        with _unavailable_on_disconnect():
+            with self.engine.connect() as conn, conn.begin():
+                tx = Transaction(conn, self.is_sqlite)
+                try:
+                    yield tx
+                    if tx._session is not None:
+                        tx._session.flush()
+                finally:
+                    if tx._session is not None:
+                        tx._session.close()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -60,9 +88,38 @@ class Database:
             conn.commit()
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+class Transaction:
+    """One command's transaction: the driver cursor that runs the fixed statements of the hot
+    path (engine/fastsql.py), the SQLAlchemy connection, and an ORM session on that same
+    connection for handlers and projections, created on first use. Opening a session costs
+    more than the few rows a command writes."""
+
+    __slots__ = ("connection", "cursor", "sqlite", "info", "_session")
+
+    def __init__(self, connection: Connection, sqlite: bool) -> None:
+        self.connection = connection
+        self.cursor: Any = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        self.sqlite = sqlite
+        self.info: dict[str, Any] = {}  # per-command notes shared by listeners (e.g. timers scheduled)
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            # Joins the connection's transaction: its commit and rollback stay with the command.
+            self._session = Session(bind=self.connection, expire_on_commit=False,
+                                    join_transaction_mode="rollback_only")
+            # One dict of notes for both: code holding only the session writes session.info.
+            self._session.info.update(self.info)
+            self.info = self._session.info
+        return self._session
 
 
 @contextlib.contextmanager
@@ -83,6 +140,74 @@ def _unavailable_on_disconnect() -> Iterator[None]:
         raise
 
 
+class Checkpointer:
+    """Copies SQLite's write-ahead log back into the database file off the command path.
+
+    SQLite does this itself inside whichever commit crosses ``wal_autocheckpoint`` pages, and
+    that commit then pays for writing the pages and two fsyncs: every few dozen commands one
+    of them took milliseconds. A thread of each process checkpoints instead (``PASSIVE``:
+    writers go on meanwhile, and when another process is checkpointing this one skips). The
+    automatic checkpoint stays as a backstop at a larger size, should the thread fall behind.
+    """
+
+    BACKSTOP_PAGES = 10000
+    PAGES = 1000  # checkpoint once the log holds about this many pages
+    INTERVAL = 0.1  # seconds between looks at the log's size
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._wal = path + "-wal"
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:  # started lazily, and again in a forked child (threads do not survive fork)
+            if self._pid != os.getpid() or self._thread is None:
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True)
+                self._pid = os.getpid()
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread() and self._pid == os.getpid():
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        stop = self._stop
+        try:
+            while not stop.wait(self.INTERVAL):
+                try:
+                    size = os.path.getsize(self._wal)
+                except OSError:
+                    continue
+                if size < self.PAGES * 4096:
+                    continue
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, timeout=0.1, isolation_level=None, check_same_thread=False)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy (another checkpoint), or the file went away
+                    log.debug("background checkpoint skipped: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a plain SQLite URL; None for memory databases and ``file:`` URIs."""
+    path = url.split("///", 1)[-1] if "///" in url else ""
+    if not path or path == ":memory:" or path.startswith("file:") or "?" in path:
+        return None
+    return path
+
+
 def _ensure_sqlite_dir(url: str) -> None:
     path = url.split("///", 1)[-1] if "///" in url else ""
     if path and path != ":memory:" and not path.startswith("file:"):
@@ -94,7 +219,7 @@ def sqlite_busy_timeout_ms() -> int:
     return int(os.environ.get("AFTERCARE_SQLITE_BUSY_TIMEOUT_MS", "30000"))
 
 
-def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
+def _sqlite_engine(url: str, immediate: bool, echo: bool, autocheckpoint: int | None = None) -> Engine:
     busy_ms = sqlite_busy_timeout_ms()
     engine = create_engine(url, echo=echo, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False})
 
@@ -107,6 +232,8 @@ def _sqlite_engine(url: str, immediate: bool, echo: bool) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        if autocheckpoint is not None:
+            cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         cur.close()
 
     @event.listens_for(engine, "begin")

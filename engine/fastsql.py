@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from .db import Transaction
+
 
 class Statement:
     def __init__(self, sql: str, json_params: Iterable[str] = (), time_params: Iterable[str] = ()) -> None:
@@ -36,19 +38,21 @@ class Statement:
                 out[name] = value.astimezone(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
         return out
 
-    def execute(self, session: Session, params: Mapping[str, Any]) -> Any:
+    def execute(self, session: Session | Transaction, params: Mapping[str, Any]) -> Any:
         cur, sqlite = _cursor(session)
         cur.execute(self.sql if sqlite else self._pg, self._bind(params, sqlite))
         return cur
 
-    def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    def executemany(self, session: Session | Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
         cur, sqlite = _cursor(session)
         cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
 
 
-def _cursor(session: Session) -> tuple[Any, bool]:
+def _cursor(session: Session | Transaction) -> tuple[Any, bool]:
+    if isinstance(session, Transaction):
+        return session.cursor, session.sqlite
     # One driver cursor per transaction: asking the session for its connection costs more
     # than most of the statements run on it.
     cached = session.info.get("fastsql_cursor")

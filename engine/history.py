@@ -30,6 +30,17 @@ def event_hash(prev_hash: str, case_id: int, seq: int, type_: str, at: dt.dateti
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
+def chain_hash(prev_hash: str, case_id: int, seq: int, type_: str, at_iso: str, actor: str | None,
+               task_id: str | None, task: str | None, payload_json: str) -> str:
+    """``event_hash`` for a payload already in canonical JSON: the same text, built without
+    serializing the payload a second time (keys in canonical order: sorted)."""
+    dumps = json.dumps
+    body = (f'{{"actor":{dumps(actor, ensure_ascii=False)},"at":{dumps(at_iso)},"case":{case_id},'
+            f'"payload":{payload_json},"seq":{seq},"task":{dumps(task, ensure_ascii=False)},'
+            f'"task_id":{dumps(task_id, ensure_ascii=False)},"type":{dumps(type_, ensure_ascii=False)}}}')
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
 def event_dict(row: Any) -> dict[str, Any]:
     return {
         "seq": row.seq, "type": row.type, "at": row.at.isoformat(), "actor": row.actor,

@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session
 from . import spiff
 from .audit import clock as audit_clock
 from .audit import recorded
+from .db import Transaction
 from .errors import Conflict, HandlerMissing, NotFound
 from .fastsql import Statement, parse_json, parse_time
-from .history import COMMAND_EVENT_TYPES, GENESIS, event_hash
+from .history import COMMAND_EVENT_TYPES, GENESIS, canonical, chain_hash
 from .identity import SYSTEM, Actor, task_groups
 from .models import (
     Case,
@@ -130,7 +131,7 @@ class CaseRow:
 class Command:
     """The context one command runs in; ``record`` adds a history event."""
 
-    session: Session
+    tx: Transaction
     case: CaseRow
     live: LiveCase
     actor: Actor
@@ -138,10 +139,19 @@ class Command:
     events: list[dict[str, Any]] = field(default_factory=list)
     incident: dict[str, Any] | None = None
     started: float = 0.0
+    loaded: tuple[Any, ...] = ()  # the header's data, status and ended_at as read, before the change
+
+    def __post_init__(self) -> None:
+        self.loaded = (self.case.data, self.case.status, self.case.ended_at)
 
     @property
     def workflow(self) -> BpmnWorkflow:
         return self.live.workflow
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in the command's transaction (made on first use)."""
+        return self.tx.session
 
     def record(self, type_: str, task: Task | None = None, payload: dict[str, Any] | None = None,
                actor: str | None = None) -> None:
@@ -187,10 +197,22 @@ _SELECT_CASE = Statement(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id
 _SELECT_CASE_LOCKED = Statement(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id = :id FOR UPDATE")
 _SELECT_CASE_OF_OPEN_TASK = Statement("SELECT case_id FROM open_tasks WHERE id = :id")
 _INSERT_CASE = insert(_CASES)
-_UPDATE_CASE = Statement(
-    "UPDATE cases SET status = :status, data = :data, state = :state, lock_version = :lock_version, "
-    "task_seq = :task_seq, event_seq = :event_seq, last_hash = :last_hash, updated_at = :updated_at, "
-    "ended_at = :ended_at WHERE id = :id", json_params=("data",), time_params=("updated_at", "ended_at"))
+
+
+def _update_case(with_data: bool, with_status: bool) -> Statement:
+    # ``data`` and ``status`` carry the search indexes (six JSON paths, status): setting them
+    # when unchanged would rewrite every one of those index entries on each command.
+    sets = ["state = :state", "lock_version = :lock_version", "task_seq = :task_seq", "event_seq = :event_seq",
+            "last_hash = :last_hash", "updated_at = :updated_at"]
+    if with_data:
+        sets.append("data = :data")
+    if with_status:
+        sets += ["status = :status", "ended_at = :ended_at"]
+    return Statement(f"UPDATE cases SET {', '.join(sets)} WHERE id = :id", json_params=("data",),
+                     time_params=("updated_at", "ended_at"))
+
+
+_UPDATE_CASE = {(d, st): _update_case(d, st) for d in (False, True) for st in (False, True)}
 _UPSERT_TASKS = Statement(
     "INSERT INTO case_tasks (case_id, task_id, seq, workflow, state, body) "
     "VALUES (:case_id, :task_id, :seq, :workflow, :state, :body) "
@@ -207,7 +229,7 @@ _INSERT_CANDIDATE = Statement("INSERT INTO task_candidates (task_id, group_name)
 _INSERT_EVENT = Statement(
     "INSERT INTO case_events (case_id, seq, type, at, actor, task_id, task, payload, prev_hash, hash) "
     "VALUES (:case_id, :seq, :type, :at, :actor, :task_id, :task, :payload, :prev_hash, :hash)",
-    json_params=("payload",), time_params=("at",))
+    time_params=("at",))  # payload: JSON text already
 _LATEST_VERSION = Statement(
     "SELECT id FROM process_versions WHERE key = :key ORDER BY version DESC LIMIT 1")
 _SET_ASSIGNEE = Statement("UPDATE open_tasks SET assignee = :assignee WHERE id = :id")
@@ -230,24 +252,24 @@ class Runtime:
 
     def execute(self, case_id: int, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
         """Run ``apply`` on the case under its lock and persist everything in one transaction."""
-        with self.db.write() as session:
-            cmd, result = self._execute_locked(session, case_id, actor, apply)
+        with self.db.command() as tx:
+            cmd, result = self._execute_locked(tx, case_id, actor, apply)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
 
     def execute_for_task(self, task_id: str, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
         """Like ``execute`` for the case that holds the open task ``task_id``."""
-        with self.db.write() as session:
-            found = _SELECT_CASE_OF_OPEN_TASK.execute(session, {"id": task_id}).fetchone()
+        with self.db.command() as tx:
+            found = _SELECT_CASE_OF_OPEN_TASK.execute(tx, {"id": task_id}).fetchone()
             case_id = found[0] if found else None
             if case_id is None:
-                conn = session.connection()
-                known = conn.execute(select(_TASKS.c.case_id).where(_TASKS.c.task_id == task_id).limit(1)).scalar()
+                known = tx.connection.execute(
+                    select(_TASKS.c.case_id).where(_TASKS.c.task_id == task_id).limit(1)).scalar()
                 if known is None:
                     raise NotFound(f"task {task_id} not found")
                 raise Conflict(f"task {task_id} is not open")
-            cmd, result = self._execute_locked(session, case_id, actor, apply)
+            cmd, result = self._execute_locked(tx, case_id, actor, apply)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
@@ -262,18 +284,18 @@ class Runtime:
             live = self._load(session, CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True))))
         self.cache.put(case_id, live)
 
-    def _execute_locked(self, session: Session, case_id: int, actor: Actor,
+    def _execute_locked(self, tx: Transaction, case_id: int, actor: Actor,
                         apply: Callable[[Command], Any]) -> tuple[Command, Any]:
         stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
-        row = stmt.execute(session, {"id": case_id}).fetchone()
+        row = stmt.execute(tx, {"id": case_id}).fetchone()
         if row is None:
             raise NotFound(f"case {case_id} not found")
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
         case.data = parse_json(case.data) or {}
         case.created_at, case.updated_at, case.ended_at = (
             parse_time(case.created_at), parse_time(case.updated_at), parse_time(case.ended_at))
-        live = self._load(session, case)
-        cmd = Command(session, case, live, actor, utcnow(), started=spiff.now_ts())
+        live = self._load(tx, case)
+        cmd = Command(tx, case, live, actor, utcnow(), started=spiff.now_ts())
         # On any exception the half-changed workflow is dropped (it was taken out of the
         # cache) and the rollback leaves the database as the truth.
         result = self._run(cmd, apply)
@@ -283,21 +305,21 @@ class Runtime:
     def create(self, process_key: str, data: dict[str, Any], actor: Actor,
                start: Callable[[Command], Any] | None = None) -> CaseRow:
         """Start a case of the latest version: same transaction shape as every other command."""
-        with self.db.write() as session:
-            found = _LATEST_VERSION.execute(session, {"key": process_key}).fetchone()
+        with self.db.command() as tx:
+            found = _LATEST_VERSION.execute(tx, {"key": process_key}).fetchone()
             if found is None:
                 raise NotFound(f"process '{process_key}' is not deployed")
-            version = self.specs.get(session, found[0])
+            version = self.specs.get(tx, found[0])
             wf = spiff.new_workflow(version.spec, version.subprocess_specs, self.specs.script_engine())
             now = utcnow()
             values = {"process_key": process_key, "process_version_id": version.id, "version": version.version,
                       "status": "running", "data": {}, "state": "{}", "lock_version": 0, "task_seq": 0,
                       "event_seq": 0, "last_hash": GENESIS, "started_by": actor.username, "created_at": now,
                       "updated_at": now, "ended_at": None}
-            new_id = session.connection().execute(_INSERT_CASE, values).inserted_primary_key[0]
+            new_id = tx.connection.execute(_INSERT_CASE, values).inserted_primary_key[0]
             case = CaseRow(id=new_id, **values)
             live = LiveCase(wf, version, 0, set(), {}, set(), set())
-            cmd = Command(session, case, live, actor, now, started=spiff.now_ts())
+            cmd = Command(tx, case, live, actor, now, started=spiff.now_ts())
 
             def begin(c: Command) -> None:
                 for t in c.workflow.get_tasks(state=TaskState.READY):
@@ -314,7 +336,7 @@ class Runtime:
         return case
 
     def _run(self, cmd: Command, apply: Callable[[Command], Any]) -> Any:
-        info = CommandInfo(cmd.case.id, cmd.case.process_key, cmd.session, cmd.now)
+        info = CommandInfo(cmd.case.id, cmd.case.process_key, cmd.tx, cmd.now)
         token = current_command.set(info)
         engine = cmd.workflow.script_engine
         engine.service_caller = lambda task, name, params: self._call_handler(cmd, task, name, params)
@@ -399,12 +421,12 @@ class Runtime:
 
     # --- load and save ----------------------------------------------------------------------
 
-    def _load(self, session: Session, case: CaseRow) -> LiveCase:
+    def _load(self, source: Transaction | Session, case: CaseRow) -> LiveCase:
         cached = self.cache.take(case.id)
         if cached is not None and cached.lock_version == case.lock_version:
             return cached
-        conn = session.connection()
-        version = self.specs.get(session, case.process_version_id)
+        conn = source.connection if isinstance(source, Transaction) else source.connection()
+        version = self.specs.get(source, case.process_version_id)
         rows = conn.execute(
             select(_TASKS.c.workflow, _TASKS.c.body, _TASKS.c.task_id)
             .where(_TASKS.c.case_id == case.id).order_by(_TASKS.c.seq)
@@ -422,7 +444,7 @@ class Runtime:
             for r in conn.execute(select(_OPEN).where(_OPEN.c.case_id == case.id))
         }
         if self.task_clock is not None and any(i.sla_policy for i in open_tasks.values()):
-            self.task_clock.load_open(session, open_tasks)
+            self.task_clock.load_open(source.session if isinstance(source, Transaction) else source, open_tasks)
         # SLA checkpoints (kind "sla") are kept by the task clock, not by the workflow's timers.
         timers = {(r[0], _aware(r[1])) for r in conn.execute(
             select(Timer.task_id, Timer.due_at).where(Timer.case_id == case.id, Timer.status != "fired",
@@ -449,9 +471,9 @@ class Runtime:
                 live.saved_tasks.add(tid)
             rows.append({"case_id": case.id, "task_id": tid, "seq": seq, "workflow": key, "state": task.state,
                          "body": spiff.task_body(task)})
-        _UPSERT_TASKS.executemany(cmd.session, rows)
+        _UPSERT_TASKS.executemany(cmd.tx, rows)
         if removed:
-            _DELETE_TASK.executemany(cmd.session, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
+            _DELETE_TASK.executemany(cmd.tx, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
             live.saved_tasks -= removed
 
         self._save_open_tasks(cmd)
@@ -459,6 +481,7 @@ class Runtime:
         self._save_subscriptions(cmd)
 
         # Case header and status.
+        old_data, old_status, old_ended = cmd.loaded
         last = wf.last_task
         if last is not None:
             case.data = _json_safe(last.data)
@@ -491,7 +514,7 @@ class Runtime:
                 listener(cmd, cmd.events)
         self._write_events(cmd)
         case.tasks = self.open_task_dicts(cmd)
-        _UPDATE_CASE.execute(cmd.session, {
+        _UPDATE_CASE[case.data != old_data, (case.status, case.ended_at) != (old_status, old_ended)].execute(cmd.tx, {
             "id": case.id, "status": case.status, "data": case.data, "state": case.state,
             "lock_version": case.lock_version, "task_seq": case.task_seq, "event_seq": case.event_seq,
             "last_hash": case.last_hash, "updated_at": case.updated_at, "ended_at": case.ended_at,
@@ -518,7 +541,7 @@ class Runtime:
         current = {str(t.id): t for t in spiff.open_user_tasks(cmd.workflow)}
         gone = [tid for tid in live.open_tasks if tid not in current]
         if gone:
-            _DELETE_OPEN.executemany(cmd.session, [{"id": tid} for tid in gone])
+            _DELETE_OPEN.executemany(cmd.tx, [{"id": tid} for tid in gone])
             timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
             for tid in gone:
                 del live.open_tasks[tid]
@@ -548,54 +571,56 @@ class Runtime:
             for g in groups:
                 candidate_rows.append({"task_id": tid, "group_name": g})
         if new_rows:
-            _INSERT_OPEN.executemany(cmd.session, new_rows)
-            _INSERT_CANDIDATE.executemany(cmd.session, candidate_rows)
+            _INSERT_OPEN.executemany(cmd.tx, new_rows)
+            _INSERT_CANDIDATE.executemany(cmd.tx, candidate_rows)
         if self.task_clock is not None and any(i.sla_policy for i in live.open_tasks.values()):
             self.task_clock.tasks_saved(cmd)  # pauses and resumes while the case waits on the customer
 
     def _save_timers(self, cmd: Command) -> None:
-        session, case, live = cmd.session, cmd.case, cmd.live
+        conn, case, live = cmd.tx.connection, cmd.case, cmd.live
         if not live.timers and not cmd.workflow.event_manager.tasks:
             return
         current = {(t.task_id, t.due_at): t for t in spiff.pending_timers(cmd.workflow)}
         gone = live.timers - current.keys()
         for task_id, due in gone:
-            session.execute(delete(Timer).where(Timer.case_id == case.id, Timer.task_id == task_id,
+            conn.execute(delete(Timer).where(Timer.case_id == case.id, Timer.task_id == task_id,
                                                 Timer.due_at == due, Timer.status != "fired"))
         rows = [{"case_id": case.id, "task_id": t.task_id, "spec": t.spec, "kind": t.kind, "due_at": t.due_at,
                  "status": "pending", "created_at": cmd.now}
                 for key, t in current.items() if key not in live.timers]
         if rows:
-            session.execute(Timer.__table__.insert(), rows)
+            conn.execute(Timer.__table__.insert(), rows)
         live.timers = set(current)
 
     def _save_subscriptions(self, cmd: Command) -> None:
-        session, case, live = cmd.session, cmd.case, cmd.live
+        conn, case, live = cmd.tx.connection, cmd.case, cmd.live
         if not live.subscriptions and not cmd.workflow.event_manager.tasks:
             return
         current = set(spiff.waiting_messages(cmd.workflow))
         for task_id, _name in live.subscriptions - current:
-            session.execute(delete(MessageSubscription).where(
+            conn.execute(delete(MessageSubscription).where(
                 MessageSubscription.case_id == case.id, MessageSubscription.task_id == task_id))
         rows = [{"case_id": case.id, "task_id": t, "message": m} for t, m in current - live.subscriptions]
         if rows:
-            session.execute(MessageSubscription.__table__.insert(), rows)
+            conn.execute(MessageSubscription.__table__.insert(), rows)
         live.subscriptions = current
 
     def _write_events(self, cmd: Command) -> None:
         case = cmd.case
         rows = []
         prev = case.last_hash or GENESIS
+        at = cmd.now.astimezone(dt.UTC).isoformat()
         for ev in cmd.events:
             case.event_seq += 1
-            payload = _json_safe(ev["payload"])
-            h = event_hash(prev, case.id, case.event_seq, ev["type"], cmd.now, ev["actor"], ev["task_id"],
-                           ev["task"], payload)
+            # The payload is stored as the very text the hash covers (serialized once).
+            payload = canonical(_json_safe(ev["payload"]))
+            h = chain_hash(prev, case.id, case.event_seq, ev["type"], at, ev["actor"], ev["task_id"], ev["task"],
+                           payload)
             rows.append({"case_id": case.id, "seq": case.event_seq, "type": ev["type"], "at": cmd.now,
                          "actor": ev["actor"], "task_id": ev["task_id"], "task": ev["task"], "payload": payload,
                          "prev_hash": prev, "hash": h})
             prev = h
-        _INSERT_EVENT.executemany(cmd.session, rows)
+        _INSERT_EVENT.executemany(cmd.tx, rows)
         case.last_hash = prev
 
     # --- what a command returns -------------------------------------------------------------
@@ -609,7 +634,7 @@ class Runtime:
 
     @staticmethod
     def set_assignee(cmd: Command, task_id: str, assignee: str | None) -> None:
-        _SET_ASSIGNEE.execute(cmd.session, {"id": task_id, "assignee": assignee})
+        _SET_ASSIGNEE.execute(cmd.tx, {"id": task_id, "assignee": assignee})
         cmd.live.open_tasks[task_id].assignee = assignee
 
     def _after_commit(self, cmd: Command) -> None:

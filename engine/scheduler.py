@@ -471,7 +471,7 @@ class TimerWorker:
 
     def _on_commit(self, cmd: Command) -> None:
         dues = [d for _, d in getattr(cmd.live, "timers", ())]
-        extra = cmd.session.info.get("timers_scheduled")
+        extra = cmd.tx.info.get("timers_scheduled")
         if extra:
             dues.extend(extra)
         if dues:
@@ -624,7 +624,7 @@ def notify_new_timers(db: Any, horizon: float = 10.0) -> Callable[[Command], Non
         if db.is_sqlite:
             return
         dues = [d for _, d in getattr(cmd.live, "timers", ())]
-        dues.extend(cmd.session.info.get("timers_scheduled") or ())
+        dues.extend(cmd.tx.info.get("timers_scheduled") or ())
         soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=horizon)
         dues = [d for d in dues if d <= soon]
         if not dues:

@@ -68,9 +68,13 @@ class CommandInfo:
 
     case_id: int
     process_key: str
-    session: Session
+    tx: Any  # engine.db.Transaction
     now: dt.datetime
     notes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def session(self) -> Session:
+        return self.tx.session
 
 
 current_command: contextvars.ContextVar[CommandInfo | None] = contextvars.ContextVar("current_command", default=None)

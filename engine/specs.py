@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import sandbox
+from .db import Transaction
 from .definitions import SourceFile, build_spec, read_source
 from .errors import NotFound
 from .models import DefinitionFile, ProcessVersion
@@ -36,10 +37,12 @@ class SpecStore:
     def script_engine(self) -> CaseScriptEngine:
         return CaseScriptEngine(self.functions)
 
-    def get(self, session: Session, version_id: int) -> VersionSpec:
+    def get(self, session: Session | Transaction, version_id: int) -> VersionSpec:
         cached = self._cache.get(version_id)
         if cached is not None:
             return cached
+        if isinstance(session, Transaction):
+            session = session.session
         pv = session.get(ProcessVersion, version_id)
         if pv is None:
             raise NotFound(f"process version {version_id} not found")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -155,7 +156,56 @@ _TOUCHED = "_aftercare_touched"
 _DROPPED = "_aftercare_dropped"
 _FORCED = "_aftercare_forced"  # finished tasks that must be rewritten all the same
 
+_WALKED = "_aftercare_walked"  # the tree generation the frontier was last walked at
+_GENERATION = "_aftercare_generation"
+
 Frontier = dict[UUID, tuple[str, Task]]
+
+
+# A walk from the frontier finds something new only after a task changed state, got a child or
+# was removed; SpiffWorkflow does each of those through one of three methods, which bump a
+# per-case generation so a walk with nothing new to find is skipped. (One command runs on a
+# case at a time, so the counter needs no lock.)
+
+def _bump(wf: Any) -> None:
+    top = getattr(wf, "top_workflow", wf)
+    top.__dict__[_GENERATION] = top.__dict__.get(_GENERATION, 0) + 1
+
+
+_task_logger = logging.getLogger("spiff.task")
+
+
+def _set_state(self: Task, value: int) -> None:
+    if value != self._state:
+        _bump(self.workflow)
+        elapsed = time.time() - self.last_state_change
+        self.last_state_change = time.time()
+        self._state = value
+        # SpiffWorkflow builds the log record's extras even when nobody listens.
+        if _task_logger.isEnabledFor(logging.INFO):
+            _task_logger.info(f"State changed to {TaskState.get_name(value)}",
+                              extra=self.collect_log_extras({"elapsed": elapsed}))
+    elif _task_logger.isEnabledFor(logging.DEBUG):
+        _task_logger.debug(f"State set to {TaskState.get_name(value)}", extra=self.collect_log_extras())
+
+
+_spiff_child_added = Task._child_added_notify
+_spiff_remove_task = Workflow._remove_task
+
+
+def _child_added_notify(self: Task, child: Task) -> None:
+    _bump(self.workflow)
+    _spiff_child_added(self, child)
+
+
+def _remove_task(self: Workflow, task_id: UUID) -> None:
+    _bump(self)
+    _spiff_remove_task(self, task_id)
+
+
+Task._set_state = _set_state  # type: ignore[method-assign]
+Task._child_added_notify = _child_added_notify  # type: ignore[method-assign]
+Workflow._remove_task = _remove_task  # type: ignore[method-assign]
 
 
 def _frontier(wf: BpmnWorkflow) -> Frontier:
@@ -173,6 +223,9 @@ def touched_tasks(wf: BpmnWorkflow) -> tuple[Frontier, set[UUID]]:
     Updates the frontier."""
     old = _frontier(wf)
     known_sps: set[UUID] = getattr(wf, _KNOWN_SUBPROCESSES)
+    generation = wf.__dict__.get(_GENERATION, 0)
+    if wf.__dict__.get(_WALKED) == generation and len(wf.subprocesses) == len(known_sps):
+        return {}, set()  # nothing changed since the last walk: it found everything there is
     stack = list(old.values())
     for sp_id, sp in wf.subprocesses.items():
         if sp_id not in known_sps:
@@ -207,6 +260,7 @@ def touched_tasks(wf: BpmnWorkflow) -> tuple[Frontier, set[UUID]]:
     gone.update(dropped - visited.keys())
     setattr(wf, _DROPPED, gone)
     setattr(wf, _FORCED, forced)
+    wf.__dict__[_WALKED] = generation
     return visited, dropped - visited.keys()
 
 
@@ -214,6 +268,7 @@ def reset_frontier(wf: BpmnWorkflow) -> None:
     """Forget the frontier after an operation that may touch finished tasks (reset, retry)."""
     if hasattr(wf, _FRONTIER):
         delattr(wf, _FRONTIER)
+    wf.__dict__.pop(_WALKED, None)
 
 
 def run_engine_steps(wf: BpmnWorkflow, did_complete: Callable[[Task], None] | None = None) -> None:
@@ -465,8 +520,10 @@ def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str]) -> tuple[list
     ones and new ones are written; only the frontier and what grew from it are looked at.
     """
     touched_tasks(wf)
-    visited: Frontier = getattr(wf, _TOUCHED)
-    dropped: set[UUID] = getattr(wf, _DROPPED)
+    visited: Frontier = getattr(wf, _TOUCHED, None) or {}
+    for tid, entry in _frontier(wf).items():  # unfinished tasks are always rewritten
+        visited.setdefault(tid, entry)
+    dropped: set[UUID] = getattr(wf, _DROPPED, None) or set()
     forced: Frontier = getattr(wf, _FORCED, None) or {}
     setattr(wf, _TOUCHED, {})
     setattr(wf, _DROPPED, set())

@@ -323,7 +323,7 @@ class WorkflowEngine:
                 case_id = timer.case_id
 
         def apply(cmd: Command) -> bool:
-            row = _MARK_TIMER_FIRED.execute(cmd.session, {"id": timer_id, "now": cmd.now}).fetchone()
+            row = _MARK_TIMER_FIRED.execute(cmd.tx, {"id": timer_id, "now": cmd.now}).fetchone()
             if row is None:  # gone with its task, or already fired by another worker
                 return False
             task_id, kind, due_at = row[0], row[1], parse_time(row[2])
