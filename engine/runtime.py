@@ -142,7 +142,8 @@ class Command:
     loaded: tuple[Any, ...] = ()  # the header's data, status and ended_at as read, before the change
 
     def __post_init__(self) -> None:
-        self.loaded = (self.case.data, self.case.status, self.case.ended_at)
+        case = self.case
+        self.loaded = (case.data, case.status, getattr(case, "ended_at", None))
 
     @property
     def workflow(self) -> BpmnWorkflow:
@@ -230,6 +231,18 @@ _INSERT_EVENT = Statement(
     "INSERT INTO case_events (case_id, seq, type, at, actor, task_id, task, payload, prev_hash, hash) "
     "VALUES (:case_id, :seq, :type, :at, :actor, :task_id, :task, :payload, :prev_hash, :hash)",
     time_params=("at",))  # payload: JSON text already
+# Loading a case that is not in the cache (another process changed it, or it was evicted).
+_LOAD_TASKS = Statement("SELECT workflow, body, task_id FROM case_tasks WHERE case_id = :case_id ORDER BY seq")
+_LOAD_CANDIDATES = Statement(
+    "SELECT c.task_id, c.group_name FROM task_candidates c JOIN open_tasks o ON o.id = c.task_id "
+    "WHERE o.case_id = :case_id")
+_LOAD_OPEN = Statement(
+    "SELECT id, name, spec, lane, form, assignee, priority, sla_policy, due_at, created_at FROM open_tasks "
+    "WHERE case_id = :case_id")
+# SLA checkpoints (kind "sla") are kept by the task clock, not by the workflow's timers.
+_LOAD_TIMERS = Statement(
+    "SELECT task_id, due_at FROM timers WHERE case_id = :case_id AND status <> 'fired' AND kind <> 'sla'")
+_LOAD_SUBSCRIPTIONS = Statement("SELECT task_id, message FROM message_subscriptions WHERE case_id = :case_id")
 _LATEST_VERSION = Statement(
     "SELECT id FROM process_versions WHERE key = :key ORDER BY version DESC LIMIT 1")
 _SET_ASSIGNEE = Statement("UPDATE open_tasks SET assignee = :assignee WHERE id = :id")
@@ -425,33 +438,23 @@ class Runtime:
         cached = self.cache.take(case.id)
         if cached is not None and cached.lock_version == case.lock_version:
             return cached
-        conn = source.connection if isinstance(source, Transaction) else source.connection()
         version = self.specs.get(source, case.process_version_id)
-        rows = conn.execute(
-            select(_TASKS.c.workflow, _TASKS.c.body, _TASKS.c.task_id)
-            .where(_TASKS.c.case_id == case.id).order_by(_TASKS.c.seq)
-        ).all()
+        key = {"case_id": case.id}
+        rows = _LOAD_TASKS.execute(source, key).fetchall()
         wf = spiff.restore_workflow(version.spec, version.subprocess_specs, case.state,
                                     [(r[0], r[1]) for r in rows], self.specs.script_engine())
         groups: dict[str, list[str]] = {}
-        for tid, group in conn.execute(
-                select(_CANDIDATES.c.task_id, _CANDIDATES.c.group_name)
-                .join(_OPEN, _OPEN.c.id == _CANDIDATES.c.task_id).where(_OPEN.c.case_id == case.id)):
+        for tid, group in _LOAD_CANDIDATES.execute(source, key).fetchall():
             groups.setdefault(tid, []).append(group)
         open_tasks = {
-            r.id: OpenInfo(r.name, r.spec, r.lane, r.form, r.assignee, r.priority, r.sla_policy,
-                           _aware(r.due_at), _aware(r.created_at), tuple(sorted(groups.get(r.id, []))))
-            for r in conn.execute(select(_OPEN).where(_OPEN.c.case_id == case.id))
+            r[0]: OpenInfo(r[1], r[2], r[3], r[4], r[5], r[6], r[7], parse_time(r[8]), parse_time(r[9]),
+                           tuple(sorted(groups.get(r[0], []))))
+            for r in _LOAD_OPEN.execute(source, key).fetchall()
         }
         if self.task_clock is not None and any(i.sla_policy for i in open_tasks.values()):
             self.task_clock.load_open(source.session if isinstance(source, Transaction) else source, open_tasks)
-        # SLA checkpoints (kind "sla") are kept by the task clock, not by the workflow's timers.
-        timers = {(r[0], _aware(r[1])) for r in conn.execute(
-            select(Timer.task_id, Timer.due_at).where(Timer.case_id == case.id, Timer.status != "fired",
-                                                      Timer.kind != "sla"))}
-        subs = {(r[0], r[1]) for r in conn.execute(
-            select(MessageSubscription.task_id, MessageSubscription.message)
-            .where(MessageSubscription.case_id == case.id))}
+        timers = {(r[0], parse_time(r[1])) for r in _LOAD_TIMERS.execute(source, key).fetchall()}
+        subs = {(r[0], r[1]) for r in _LOAD_SUBSCRIPTIONS.execute(source, key).fetchall()}
         return LiveCase(wf, version, case.lock_version, {r[2] for r in rows}, open_tasks, timers, subs)
 
     def _save(self, cmd: Command, info: CommandInfo) -> None:
