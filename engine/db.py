@@ -71,6 +71,19 @@ class Database:
                         tx._session.close()
 
     @contextlib.contextmanager
+    def query(self) -> Iterator[Transaction]:
+        """A read transaction for fixed statements (engine/fastsql.py), e.g. the token lookup
+        every API request makes; cheaper than ``read()``'s ORM session."""
+        with _unavailable_on_disconnect():
+            with self.read_engine.connect() as conn, conn.begin():
+                tx = Transaction(conn, self.is_sqlite)
+                try:
+                    yield tx
+                finally:
+                    if tx._session is not None:
+                        tx._session.close()
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
         with _unavailable_on_disconnect():
             with self._read() as session, session.begin():

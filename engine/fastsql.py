@@ -26,7 +26,9 @@ class Statement:
         self.json_params = frozenset(json_params)
         self.time_params = frozenset(time_params)
 
-    def _bind(self, params: Mapping[str, Any], sqlite: bool) -> dict[str, Any]:
+    def _bind(self, params: Mapping[str, Any], sqlite: bool) -> Mapping[str, Any]:
+        if not self.json_params and not (sqlite and self.time_params):
+            return params  # nothing to convert: the driver takes the values as they are
         out = dict(params)
         for name in self.json_params:
             if name in out and out[name] is not None:

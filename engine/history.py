@@ -30,14 +30,20 @@ def event_hash(prev_hash: str, case_id: int, seq: int, type_: str, at: dt.dateti
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
+_encode_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) does to a str
+
+
+def _quote(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
+
+
 def chain_hash(prev_hash: str, case_id: int, seq: int, type_: str, at_iso: str, actor: str | None,
                task_id: str | None, task: str | None, payload_json: str) -> str:
     """``event_hash`` for a payload already in canonical JSON: the same text, built without
     serializing the payload a second time (keys in canonical order: sorted)."""
-    dumps = json.dumps
-    body = (f'{{"actor":{dumps(actor, ensure_ascii=False)},"at":{dumps(at_iso)},"case":{case_id},'
-            f'"payload":{payload_json},"seq":{seq},"task":{dumps(task, ensure_ascii=False)},'
-            f'"task_id":{dumps(task_id, ensure_ascii=False)},"type":{dumps(type_, ensure_ascii=False)}}}')
+    q = _quote
+    body = (f'{{"actor":{q(actor)},"at":{q(at_iso)},"case":{int(case_id)},"payload":{payload_json},'
+            f'"seq":{int(seq)},"task":{q(task)},"task_id":{q(task_id)},"type":{q(type_)}}}')
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 

@@ -11,7 +11,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from .db import Transaction
 from .errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from .fastsql import Statement, parse_time
 from .models import ApiToken, Group, Membership, User, utcnow
 
 BUILTIN_GROUPS = {
@@ -112,19 +114,20 @@ def issue_token(session: Session, user: User) -> str:
     return token
 
 
-def actor_for_token(session: Session, token: str) -> Actor:
-    # One round trip: every API request pays for this lookup.
-    rows = session.execute(
-        select(ApiToken.expires_at, User.username, User.active, Membership.group_name)
-        .join(User, User.id == ApiToken.user_id)
-        .outerjoin(Membership, Membership.user_id == User.id)
-        .where(ApiToken.token_hash == _digest(token))
-    ).all()
-    if not rows or rows[0].expires_at < utcnow():
+# One round trip on the driver cursor: every API request pays for this lookup.
+_TOKEN_ACTOR = Statement(
+    "SELECT t.expires_at, u.username, u.active, m.group_name FROM api_tokens t "
+    "JOIN users u ON u.id = t.user_id LEFT OUTER JOIN memberships m ON m.user_id = u.id "
+    "WHERE t.token_hash = :token_hash")
+
+
+def actor_for_token(session: Session | Transaction, token: str) -> Actor:
+    rows = _TOKEN_ACTOR.execute(session, {"token_hash": _digest(token)}).fetchall()
+    if not rows or parse_time(rows[0][0]) < utcnow():  # type: ignore[operator]
         raise Unauthenticated("invalid or expired token")
-    if not rows[0].active:
+    if not rows[0][2]:
         raise Unauthenticated("unknown or disabled user")
-    return Actor(rows[0].username, frozenset(r.group_name for r in rows if r.group_name))
+    return Actor(rows[0][1], frozenset(r[3] for r in rows if r[3]))
 
 
 def actor_for_user_id(session: Session, user_id: int) -> Actor:

@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from engine.db import Transaction
 from engine.fastsql import Statement, parse_time
 from engine.models import Base, BigId, Case, CaseEvent, UtcDateTime
 
@@ -391,7 +392,7 @@ _UPDATE = Statement(f"UPDATE kpi_facts SET {', '.join(f'{f} = :{f}' for f in _FI
 _DELETE = Statement("DELETE FROM kpi_facts WHERE id = :fact_id")
 
 
-def load(session: Session, case_id: int) -> dict[tuple[str, str], Fact]:
+def load(session: Session | Transaction, case_id: int) -> dict[tuple[str, str], Fact]:
     out: dict[tuple[str, str], Fact] = {}
     for row in _LOAD.execute(session, {"case_id": case_id}).fetchall():
         values = dict(zip(_FIELDS, row[1:], strict=True))
@@ -404,7 +405,7 @@ def load(session: Session, case_id: int) -> dict[tuple[str, str], Fact]:
     return out
 
 
-def save(session: Session, case_id: int, facts: Iterable[Fact]) -> None:
+def save(session: Session | Transaction, case_id: int, facts: Iterable[Fact]) -> None:
     new, changed, gone = [], [], []
     for f in facts:
         if f.deleted:
@@ -445,14 +446,14 @@ class FactProjector:
         ctx = CaseContext(case.id, case.process_key, _aware(case.created_at), case.started_by, case.data or {},
                           lane_lookup=lane_lookup)
         starting = any(ev["type"] == "case_started" for ev in events)
-        facts = {} if starting else load(cmd.session, case.id)  # a new case has no facts yet
+        facts = {} if starting else load(cmd.tx, case.id)  # a new case has no facts yet
         try:
             project(facts, ctx, events, cmd.now)
         except (TypeError, ValueError, KeyError, AttributeError):
             # Odd data must not stop the service; the case can be re-projected with ``rebuild``.
             log.exception("KPI facts of case %s not updated", case.id)
             return
-        save(cmd.session, case.id, facts.values())
+        save(cmd.tx, case.id, facts.values())
 
 
 def install(engine: WorkflowEngine) -> FactProjector:

@@ -5,6 +5,7 @@ auditors and the recorder of denied requests."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from typing import Any
@@ -128,8 +129,9 @@ def chain_heads() -> Response:
 # --- auditors change nothing ------------------------------------------------------------------
 
 
-def _public_rules() -> set[tuple[str, str]]:
-    return {(op.method, op.rule) for op in OPERATIONS if not op.auth}
+@functools.cache
+def _public_rules() -> frozenset[tuple[str, str]]:
+    return frozenset((op.method, op.rule) for op in OPERATIONS if not op.auth)
 
 
 @api_audit.before_app_request

@@ -45,10 +45,11 @@ def current_actor(optional: bool = False) -> Actor | None:
         return g.actor
     actor: Actor | None = None
     header = request.headers.get("Authorization", "")
-    with services().db.read() as s:
-        if header.lower().startswith("bearer "):
-            actor = actor_for_token(s, header[7:].strip())
-        elif session.get("user_id") is not None:
+    if header.lower().startswith("bearer "):
+        with services().db.query() as tx:
+            actor = actor_for_token(tx, header[7:].strip())
+    elif session.get("user_id") is not None:
+        with services().db.read() as s:
             try:
                 sid = session.get("sid")
                 # A signed-out session id is gone from the database: a copied cookie stops working.
@@ -58,8 +59,8 @@ def current_actor(optional: bool = False) -> Actor | None:
             except Unauthenticated:
                 session.clear()
                 actor = None
-            if actor is not None and request.method not in SAFE_METHODS:
-                check_csrf()
+        if actor is not None and request.method not in SAFE_METHODS:
+            check_csrf()
     if actor is None and not optional:
         raise Unauthenticated("authentication required: send 'Authorization: Bearer <token>'")
     g.actor = actor
