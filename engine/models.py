@@ -182,7 +182,7 @@ class OpenTask(Base):
     assignee: Mapped[str | None] = mapped_column(String(80), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     sla_policy: Mapped[str | None] = mapped_column(String(120))
-    due_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, index=True)
+    due_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)  # indexed with created_at, id (0007)
     draft: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
 
