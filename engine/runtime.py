@@ -21,7 +21,7 @@ from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -36,10 +36,8 @@ from .identity import SYSTEM, Actor, task_groups
 from .models import (
     Case,
     CaseTask,
-    MessageSubscription,
     OpenTask,
     TaskCandidate,
-    Timer,
     utcnow,
 )
 from .services import CommandInfo, HandlerRegistry, ServiceContext, current_command
@@ -243,6 +241,16 @@ _LOAD_OPEN = Statement(
 _LOAD_TIMERS = Statement(
     "SELECT task_id, due_at FROM timers WHERE case_id = :case_id AND status <> 'fired' AND kind <> 'sla'")
 _LOAD_SUBSCRIPTIONS = Statement("SELECT task_id, message FROM message_subscriptions WHERE case_id = :case_id")
+_DELETE_TIMER = Statement(
+    "DELETE FROM timers WHERE case_id = :case_id AND task_id = :task_id AND due_at = :due_at "
+    "AND status <> 'fired'", time_params=("due_at",))
+_INSERT_TIMER = Statement(
+    "INSERT INTO timers (case_id, task_id, spec, kind, due_at, status, created_at) "
+    "VALUES (:case_id, :task_id, :spec, :kind, :due_at, 'pending', :created_at)",
+    time_params=("due_at", "created_at"))
+_DELETE_SUBSCRIPTION = Statement("DELETE FROM message_subscriptions WHERE case_id = :case_id AND task_id = :task_id")
+_INSERT_SUBSCRIPTION = Statement(
+    "INSERT INTO message_subscriptions (case_id, task_id, message) VALUES (:case_id, :task_id, :message)")
 _LATEST_VERSION = Statement(
     "SELECT id FROM process_versions WHERE key = :key ORDER BY version DESC LIMIT 1")
 _SET_ASSIGNEE = Statement("UPDATE open_tasks SET assignee = :assignee WHERE id = :id")
@@ -486,7 +494,7 @@ class Runtime:
         # Case header and status.
         old_data, old_status, old_ended = cmd.loaded
         last = wf.last_task
-        if last is not None:
+        if last is not None and last.data != case.data:
             case.data = _json_safe(last.data)
         if case.status == "cancelled":
             pass
@@ -580,32 +588,27 @@ class Runtime:
             self.task_clock.tasks_saved(cmd)  # pauses and resumes while the case waits on the customer
 
     def _save_timers(self, cmd: Command) -> None:
-        conn, case, live = cmd.tx.connection, cmd.case, cmd.live
+        case, live = cmd.case, cmd.live
         if not live.timers and not cmd.workflow.event_manager.tasks:
             return
         current = {(t.task_id, t.due_at): t for t in spiff.pending_timers(cmd.workflow)}
         gone = live.timers - current.keys()
-        for task_id, due in gone:
-            conn.execute(delete(Timer).where(Timer.case_id == case.id, Timer.task_id == task_id,
-                                                Timer.due_at == due, Timer.status != "fired"))
-        rows = [{"case_id": case.id, "task_id": t.task_id, "spec": t.spec, "kind": t.kind, "due_at": t.due_at,
-                 "status": "pending", "created_at": cmd.now}
-                for key, t in current.items() if key not in live.timers]
-        if rows:
-            conn.execute(Timer.__table__.insert(), rows)
+        _DELETE_TIMER.executemany(cmd.tx, [{"case_id": case.id, "task_id": task_id, "due_at": due}
+                                           for task_id, due in sorted(gone)])
+        _INSERT_TIMER.executemany(cmd.tx, [
+            {"case_id": case.id, "task_id": t.task_id, "spec": t.spec, "kind": t.kind, "due_at": t.due_at,
+             "created_at": cmd.now} for key, t in current.items() if key not in live.timers])
         live.timers = set(current)
 
     def _save_subscriptions(self, cmd: Command) -> None:
-        conn, case, live = cmd.tx.connection, cmd.case, cmd.live
+        case, live = cmd.case, cmd.live
         if not live.subscriptions and not cmd.workflow.event_manager.tasks:
             return
         current = set(spiff.waiting_messages(cmd.workflow))
-        for task_id, _name in live.subscriptions - current:
-            conn.execute(delete(MessageSubscription).where(
-                MessageSubscription.case_id == case.id, MessageSubscription.task_id == task_id))
-        rows = [{"case_id": case.id, "task_id": t, "message": m} for t, m in current - live.subscriptions]
-        if rows:
-            conn.execute(MessageSubscription.__table__.insert(), rows)
+        _DELETE_SUBSCRIPTION.executemany(cmd.tx, [{"case_id": case.id, "task_id": t}
+                                                  for t, _name in sorted(live.subscriptions - current)])
+        _INSERT_SUBSCRIPTION.executemany(cmd.tx, [{"case_id": case.id, "task_id": t, "message": m}
+                                                  for t, m in sorted(current - live.subscriptions)])
         live.subscriptions = current
 
     def _write_events(self, cmd: Command) -> None:
@@ -616,7 +619,7 @@ class Runtime:
         for ev in cmd.events:
             case.event_seq += 1
             # The payload is stored as the very text the hash covers (serialized once).
-            payload = canonical(_json_safe(ev["payload"]))
+            payload = _canonical_payload(ev["payload"])
             h = chain_hash(prev, case.id, case.event_seq, ev["type"], at, ev["actor"], ev["task_id"], ev["task"],
                            payload)
             rows.append({"case_id": case.id, "seq": case.event_seq, "type": ev["type"], "at": cmd.now,
@@ -694,6 +697,26 @@ def instance_dict(case: Any, tasks: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` encodes to JSON as it is and reads back the same: objects with
+    string keys, arrays, strings, numbers, booleans and null."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if depth > 50:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain_json(v, depth + 1) for v in value)
+    return False
+
+
+def _canonical_payload(payload: Any) -> str:
+    # The hash covers what is stored and read back, so anything JSON would change on the way
+    # (dates, non-string keys, sets) goes through a JSON round trip first.
+    return canonical(payload if _plain_json(payload) else _json_safe(payload))
 
 
 
