@@ -8,13 +8,14 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import Unavailable
@@ -41,7 +42,8 @@ class Database:
             self.engine = _sqlite_engine(url, immediate=True, echo=echo, autocheckpoint=autocheckpoint)
             self.read_engine = _sqlite_engine(url, immediate=False, echo=echo, autocheckpoint=autocheckpoint)
         else:
-            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20)
+            _ping_when_idle(self.engine)
             self.read_engine = self.engine
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
@@ -122,6 +124,17 @@ class Transaction:
         self.sqlite = sqlite
         self.info: dict[str, Any] = {}  # per-command notes shared by listeners (e.g. timers scheduled)
         self._session: Session | None = None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Fixed statements whose results are not read, sent to PostgreSQL as one pipeline (one
+        round trip instead of one each); errors surface when the block ends. SQLite runs them
+        as they come."""
+        if self.sqlite:
+            yield
+            return
+        with self.connection.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+            yield
 
     @property
     def session(self) -> Session:
@@ -211,6 +224,33 @@ class Checkpointer:
         finally:
             if conn is not None:
                 conn.close()
+
+
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for a while (a server restart
+    may have dropped it then). SQLAlchemy's ``pool_pre_ping`` pings on every checkout, which
+    costs a round trip per command; a connection handed back milliseconds ago is alive."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get("checked_in")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            cur.execute("SELECT 1")
+            cur.close()
+            dbapi_conn.rollback()  # the ping opened a transaction on a non-autocommit connection
+        except Exception as exc:
+            # The pool drops this connection and checks out (or opens) another.
+            raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
 
 
 def _sqlite_path(url: str) -> str | None:

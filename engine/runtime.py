@@ -482,10 +482,7 @@ class Runtime:
                 live.saved_tasks.add(tid)
             rows.append({"case_id": case.id, "task_id": tid, "seq": seq, "workflow": key, "state": task.state,
                          "body": spiff.task_body(task)})
-        _UPSERT_TASKS.executemany(cmd.tx, rows)
-        if removed:
-            _DELETE_TASK.executemany(cmd.tx, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
-            live.saved_tasks -= removed
+        live.saved_tasks -= removed
 
         self._save_open_tasks(cmd)
         self._save_timers(cmd)
@@ -523,13 +520,18 @@ class Runtime:
         if cmd.events:
             for listener in self.event_listeners:
                 listener(cmd, cmd.events)
-        self._write_events(cmd)
         case.tasks = self.open_task_dicts(cmd)
-        _UPDATE_CASE[case.data != old_data, (case.status, case.ended_at) != (old_status, old_ended)].execute(cmd.tx, {
-            "id": case.id, "status": case.status, "data": case.data, "state": case.state,
-            "lock_version": case.lock_version, "task_seq": case.task_seq, "event_seq": case.event_seq,
-            "last_hash": case.last_hash, "updated_at": case.updated_at, "ended_at": case.ended_at,
-        })
+        # Writes whose results nobody reads: one round trip on PostgreSQL.
+        with cmd.tx.batch():
+            _UPSERT_TASKS.executemany(cmd.tx, rows)
+            _DELETE_TASK.executemany(cmd.tx, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
+            self._write_events(cmd)
+            update = _UPDATE_CASE[case.data != old_data, (case.status, case.ended_at) != (old_status, old_ended)]
+            update.execute(cmd.tx, {
+                "id": case.id, "status": case.status, "data": case.data, "state": case.state,
+                "lock_version": case.lock_version, "task_seq": case.task_seq, "event_seq": case.event_seq,
+                "last_hash": case.last_hash, "updated_at": case.updated_at, "ended_at": case.ended_at,
+            })
 
     @staticmethod
     def _route(cmd: Command, task: Task, expression: str | None) -> str | None:

@@ -172,6 +172,28 @@ def test_postgresql_outage_answers_503_and_recovers_by_itself(pg_url: str) -> No
         relay.close()
 
 
+def test_postgresql_connections_dropped_while_idle_are_replaced_unnoticed(pg_url: str) -> None:
+    """Pooled connections are not pinged on every checkout (a round trip per command); one that
+    sat idle is, so a server restart during a quiet spell costs no request an error."""
+    from engine.db import IDLE_PING_SECONDS
+
+    relay = Relay(("127.0.0.1", 5432))
+    app = _make_app(pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"))
+    try:
+        agent = _setup(app)
+        client = app.test_client()
+        assert client.post("/api/instances", headers=agent, json={"process": "sample"}).status_code == 201
+        relay.cut()  # every pooled connection dies while nobody is asking
+        relay.restore()
+        time.sleep(IDLE_PING_SECONDS + 0.3)
+        res = client.post("/api/instances", headers=agent, json={"process": "sample"})
+        assert res.status_code == 201, res.get_json()
+        assert client.get("/api/tasks", headers=agent).status_code == 200
+    finally:
+        app.extensions["aftercare"].db.dispose()
+        relay.close()
+
+
 def test_postgresql_unreachable_port_answers_503() -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]  # closed again below: nothing listens there
