@@ -43,42 +43,81 @@ def plain_spiff(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def aftercare(n: int, url: str) -> float:
-    from engine import SYSTEM, Database, WorkflowEngine
+class AftercareSide:
+    """Aftercare's engine on one SQLite file; ``run(n)`` times n cases and returns seconds."""
 
-    db = Database(url)
-    db.migrate()
-    engine = WorkflowEngine(db)
-    engine.deploy_paths([BPMN], SYSTEM)
-    started = time.perf_counter()
-    for i in range(n):
-        case = engine.start_case("three_tasks", {}, SYSTEM)
-        for _ in range(3):  # each response names the next open task, as the REST API's does
-            case = engine.complete_task(case["tasks"][0]["id"], {"step": i}, SYSTEM)
-        assert case["status"] == "completed"
-    elapsed = time.perf_counter() - started
-    db.dispose()
-    return n / elapsed
+    def __init__(self, url: str) -> None:
+        from engine import SYSTEM, Database, WorkflowEngine
+
+        self.system = SYSTEM
+        self.db = Database(url)
+        self.db.migrate()
+        self.engine = WorkflowEngine(self.db)
+        self.engine.deploy_paths([BPMN], SYSTEM)
+
+    def run(self, n: int) -> float:
+        engine, system = self.engine, self.system
+        started = time.perf_counter()
+        for i in range(n):
+            case = engine.start_case("three_tasks", {}, system)
+            for _ in range(3):  # each response names the next open task, as the REST API's does
+                case = engine.complete_task(case["tasks"][0]["id"], {"step": i}, system)
+            assert case["status"] == "completed"
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def aftercare(n: int, url: str) -> float:
+    side = AftercareSide(url)
+    try:
+        return n / side.run(n)
+    finally:
+        side.close()
+
+
+def plain_server() -> None:
+    """Child process: runs ``n`` plain cases per line read from stdin, answers the seconds."""
+    plain_spiff(50)
+    for line in sys.stdin:
+        n = int(line)
+        print(n / plain_spiff(n), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=1000, help="cases per side")
-    ap.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds the cases are split into")
+    ap.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.plain_only:
-        plain_spiff(50)
-        print(plain_spiff(args.n))
+    if args.plain_server:
+        plain_server()
         return
     # Plain SpiffWorkflow runs in a process of its own: importing Aftercare's engine changes
-    # some of SpiffWorkflow's methods, and the baseline must be SpiffWorkflow as shipped.
-    out = subprocess.run([sys.executable, __file__, "--plain-only", "-n", str(args.n)], check=True,
-                         capture_output=True, text=True).stdout
-    a = float(out.strip().splitlines()[-1])
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/bench.db"
-        aftercare(20, f"sqlite:///{tmp}/warm.db")  # warm imports and caches
-        b = aftercare(args.n, url)
+    # some of SpiffWorkflow's methods, and the baseline must be SpiffWorkflow as shipped. The
+    # two sides take turns in rounds, so a change in the machine's speed (other load, clock
+    # scaling) during the run affects both alike.
+    child = subprocess.Popen([sys.executable, __file__, "--plain-server"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    per_round = max(1, args.n // args.rounds)
+    plain_seconds = ours_seconds = 0.0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            aftercare(20, f"sqlite:///{tmp}/warm.db")  # warm imports and caches
+            side = AftercareSide(f"sqlite:///{tmp}/bench.db")
+            for _ in range(args.rounds):
+                child.stdin.write(f"{per_round}\n")
+                child.stdin.flush()
+                plain_seconds += float(child.stdout.readline())
+                ours_seconds += side.run(per_round)
+            side.close()
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    total = per_round * args.rounds
+    a, b = total / plain_seconds, total / ours_seconds
     print(f"{'side':<42}{'cases/s':>10}")
     print(f"{'(a) plain SpiffWorkflow, in memory':<42}{a:>10.1f}")
     print(f"{'(b) Aftercare, durable commit per command':<42}{b:>10.1f}")

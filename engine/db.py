@@ -284,20 +284,47 @@ def _sqlite_engine(url: str, immediate: bool, echo: bool, autocheckpoint: int | 
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        # Writers wait for the lock in ``_begin_immediate`` (short sleeps); SQLite's own busy
+        # handler would sleep 1, 2, 5 ... 100 ms between looks.
+        cur.execute(f"PRAGMA busy_timeout={0 if immediate else busy_ms}")
         if autocheckpoint is not None:
             cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         cur.close()
-
-    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # Straight to the driver: every command starts here, and SQLAlchemy's statement
         # machinery would cost more than the BEGIN itself.
-        conn.connection.driver_connection.execute(begin)
+        driver = conn.connection.driver_connection
+        if immediate:
+            _begin_immediate(driver, busy_ms / 1000)
+        else:
+            driver.execute("BEGIN")
 
     return engine
+
+
+def _begin_immediate(driver: sqlite3.Connection, timeout: float) -> None:
+    """Take SQLite's write lock, waiting up to ``timeout`` seconds for another writer.
+
+    In WAL mode this is the only place a writer waits (readers never block it, and once the
+    lock is held nothing else does). Looking again every fraction of a millisecond keeps a busy
+    database busy instead of asleep while commands of a millisecond queue for the lock."""
+    delay, deadline = 0.0001, 0.0
+    while True:
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout
+            elif now >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.002)
 
 
 def database_url_from_env(instance_dir: str | os.PathLike[str] = "instance") -> str:

@@ -194,7 +194,11 @@ _CASE_COLUMNS = ("id", "process_key", "process_version_id", "version", "status",
                  "task_seq", "event_seq", "last_hash", "started_by", "created_at", "updated_at", "ended_at")
 _SELECT_CASE = Statement(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id = :id")
 _SELECT_CASE_LOCKED = Statement(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id = :id FOR UPDATE")
-_SELECT_CASE_OF_OPEN_TASK = Statement("SELECT case_id FROM open_tasks WHERE id = :id")
+_SELECT_CASE_OF_OPEN_TASK = Statement(
+    f"SELECT {', '.join('c.' + c for c in _CASE_COLUMNS)} FROM open_tasks o JOIN cases c ON c.id = o.case_id "
+    "WHERE o.id = :id")
+# Whether the task is still open is decided on the locked case's workflow, not on this row.
+_SELECT_CASE_OF_OPEN_TASK_LOCKED = Statement(_SELECT_CASE_OF_OPEN_TASK.sql + " FOR UPDATE OF c")
 _INSERT_CASE = insert(_CASES)
 
 
@@ -282,7 +286,9 @@ class Runtime:
     def execute_for_task(self, task_id: str, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
         """Like ``execute`` for the case that holds the open task ``task_id``."""
         with self.db.command() as tx:
-            found = _SELECT_CASE_OF_OPEN_TASK.execute(tx, {"id": task_id}).fetchone()
+            # The case row comes with the lookup (locked on PostgreSQL): one statement, not two.
+            stmt = _SELECT_CASE_OF_OPEN_TASK if self.db.is_sqlite else _SELECT_CASE_OF_OPEN_TASK_LOCKED
+            found = stmt.execute(tx, {"id": task_id}).fetchone()
             case_id = found[0] if found else None
             if case_id is None:
                 known = tx.connection.execute(
@@ -290,7 +296,7 @@ class Runtime:
                 if known is None:
                     raise NotFound(f"task {task_id} not found")
                 raise Conflict(f"task {task_id} is not open")
-            cmd, result = self._execute_locked(tx, case_id, actor, apply)
+            cmd, result = self._execute_locked(tx, case_id, actor, apply, found)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
@@ -306,9 +312,10 @@ class Runtime:
         self.cache.put(case_id, live)
 
     def _execute_locked(self, tx: Transaction, case_id: int, actor: Actor,
-                        apply: Callable[[Command], Any]) -> tuple[Command, Any]:
-        stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
-        row = stmt.execute(tx, {"id": case_id}).fetchone()
+                        apply: Callable[[Command], Any], row: Any = None) -> tuple[Command, Any]:
+        if row is None:
+            stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
+            row = stmt.execute(tx, {"id": case_id}).fetchone()
         if row is None:
             raise NotFound(f"case {case_id} not found")
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
