@@ -52,6 +52,21 @@ class Statement:
         cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
 
 
+def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, Mapping[str, Any]]]) -> list[list[Any]]:
+    """Run several SELECTs and return each one's rows. On PostgreSQL inside a command they go
+    as one pipeline (a single round trip), each on a cursor of its own."""
+    if isinstance(source, Transaction) and not source.sqlite:
+        driver = source.connection.connection.driver_connection
+        with driver.pipeline():  # type: ignore[union-attr]
+            cursors = []
+            for stmt, params in queries:
+                cur = driver.cursor()  # type: ignore[union-attr]
+                cur.execute(stmt._pg, stmt._bind(params, False))
+                cursors.append(cur)
+            return [cur.fetchall() for cur in cursors]
+    return [stmt.execute(source, params).fetchall() for stmt, params in queries]
+
+
 def _cursor(session: Session | Transaction) -> tuple[Any, bool]:
     if isinstance(session, Transaction):
         return session.cursor, session.sqlite

@@ -30,7 +30,7 @@ from .audit import clock as audit_clock
 from .audit import recorded
 from .db import Transaction
 from .errors import Conflict, HandlerMissing, NotFound
-from .fastsql import Statement, parse_json, parse_time
+from .fastsql import Statement, fetch_all, parse_json, parse_time
 from .history import COMMAND_EVENT_TYPES, GENESIS, canonical, chain_hash
 from .identity import SYSTEM, Actor, task_groups
 from .models import (
@@ -455,21 +455,23 @@ class Runtime:
             return cached
         version = self.specs.get(source, case.process_version_id)
         key = {"case_id": case.id}
-        rows = _LOAD_TASKS.execute(source, key).fetchall()
+        rows, candidates, open_rows, timer_rows, sub_rows = fetch_all(source, [
+            (_LOAD_TASKS, key), (_LOAD_CANDIDATES, key), (_LOAD_OPEN, key), (_LOAD_TIMERS, key),
+            (_LOAD_SUBSCRIPTIONS, key)])
         wf = spiff.restore_workflow(version.spec, version.subprocess_specs, case.state,
                                     [(r[0], r[1]) for r in rows], self.specs.script_engine())
         groups: dict[str, list[str]] = {}
-        for tid, group in _LOAD_CANDIDATES.execute(source, key).fetchall():
+        for tid, group in candidates:
             groups.setdefault(tid, []).append(group)
         open_tasks = {
             r[0]: OpenInfo(r[1], r[2], r[3], r[4], r[5], r[6], r[7], parse_time(r[8]), parse_time(r[9]),
                            tuple(sorted(groups.get(r[0], []))))
-            for r in _LOAD_OPEN.execute(source, key).fetchall()
+            for r in open_rows
         }
         if self.task_clock is not None and any(i.sla_policy for i in open_tasks.values()):
             self.task_clock.load_open(source.session if isinstance(source, Transaction) else source, open_tasks)
-        timers = {(r[0], parse_time(r[1])) for r in _LOAD_TIMERS.execute(source, key).fetchall()}
-        subs = {(r[0], r[1]) for r in _LOAD_SUBSCRIPTIONS.execute(source, key).fetchall()}
+        timers = {(r[0], parse_time(r[1])) for r in timer_rows}
+        subs = {(r[0], r[1]) for r in sub_rows}
         return LiveCase(wf, version, case.lock_version, {r[2] for r in rows}, open_tasks, timers, subs)
 
     def _save(self, cmd: Command, info: CommandInfo) -> None:
@@ -560,13 +562,11 @@ class Runtime:
         case, live = cmd.case, cmd.live
         current = {str(t.id): t for t in spiff.open_user_tasks(cmd.workflow)}
         gone = [tid for tid in live.open_tasks if tid not in current]
-        if gone:
-            _DELETE_OPEN.executemany(cmd.tx, [{"id": tid} for tid in gone])
-            timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
-            for tid in gone:
-                del live.open_tasks[tid]
-            if timed and self.task_clock is not None:
-                self.task_clock.tasks_closed(cmd, timed)
+        timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
+        for tid in gone:
+            del live.open_tasks[tid]
+        if timed and self.task_clock is not None:
+            self.task_clock.tasks_closed(cmd, timed)
         new_rows, candidate_rows = [], []
         for tid, task in current.items():
             if tid in live.open_tasks:
@@ -590,9 +590,11 @@ class Runtime:
             })
             for g in groups:
                 candidate_rows.append({"task_id": tid, "group_name": g})
-        if new_rows:
-            _INSERT_OPEN.executemany(cmd.tx, new_rows)
-            _INSERT_CANDIDATE.executemany(cmd.tx, candidate_rows)
+        if gone or new_rows:
+            with cmd.tx.batch():
+                _DELETE_OPEN.executemany(cmd.tx, [{"id": tid} for tid in gone])
+                _INSERT_OPEN.executemany(cmd.tx, new_rows)
+                _INSERT_CANDIDATE.executemany(cmd.tx, candidate_rows)
         if self.task_clock is not None and any(i.sla_policy for i in live.open_tasks.values()):
             self.task_clock.tasks_saved(cmd)  # pauses and resumes while the case waits on the customer
 
