@@ -33,6 +33,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.checkpointer: Checkpointer | None = None
+        self._query_engine: Engine | None = None
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
             path = _sqlite_path(url)
@@ -45,6 +46,11 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20)
             _ping_when_idle(self.engine)
             self.read_engine = self.engine
+            # Single reads (``query()``) in autocommit: no BEGIN and COMMIT round trips. A pool of
+            # its own, so connections never switch modes (switching costs more than it saves).
+            self._query_engine = create_engine(url, echo=echo, pool_size=5, max_overflow=20,
+                                               isolation_level="AUTOCOMMIT")
+            _ping_when_idle(self._query_engine)
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -76,8 +82,9 @@ class Database:
     def query(self) -> Iterator[Transaction]:
         """A read transaction for fixed statements (engine/fastsql.py), e.g. the token lookup
         every API request makes; cheaper than ``read()``'s ORM session."""
+        engine = self.read_engine if self.is_sqlite else self._query_engine
         with _unavailable_on_disconnect():
-            with self.read_engine.connect() as conn, conn.begin():
+            with engine.connect() as conn, conn.begin():
                 tx = Transaction(conn, self.is_sqlite)
                 try:
                     yield tx
@@ -108,6 +115,8 @@ class Database:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+        if self._query_engine is not None:
+            self._query_engine.dispose()
 
 
 class Transaction:
