@@ -168,7 +168,10 @@ def _unavailable_on_disconnect() -> Iterator[None]:
         orig = getattr(exc, "orig", None)
         text = str(orig) if orig else str(exc)
         lowered = text.lower()
+        # A dead pooled connection is only found when used (pooled connections are pinged only
+        # after sitting idle): the statement fails, then so does the rollback ("is lost").
         if any(s in lowered for s in ("could not connect", "connection refused", "server closed",
+                                        "connection is lost", "consuming input failed", "connection is closed",
                                         "database is locked", "terminating connection", "unable to open",
                                         "readonly database", "disk is full", "disk i/o error")):
             raise Unavailable(f"database unavailable: {text.splitlines()[0]}") from exc
