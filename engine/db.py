@@ -67,30 +67,17 @@ class Database:
         session made only when something asks for one (most commands never do)."""
         if self.checkpointer is not None:
             self.checkpointer.ensure_running()
-        with _unavailable_on_disconnect():
-            with self.engine.connect() as conn, conn.begin():
-                tx = Transaction(conn, self.is_sqlite)
-                try:
-                    yield tx
-                    if tx._session is not None:
-                        tx._session.flush()
-                finally:
-                    if tx._session is not None:
-                        tx._session.close()
+        with _transaction(self.engine, self.is_sqlite) as tx:
+            yield tx
 
     @contextlib.contextmanager
     def query(self) -> Iterator[Transaction]:
-        """A read transaction for fixed statements (engine/fastsql.py), e.g. the token lookup
-        every API request makes; cheaper than ``read()``'s ORM session."""
-        engine = self.read_engine if self.is_sqlite else self._query_engine
-        with _unavailable_on_disconnect():
-            with engine.connect() as conn, conn.begin():
-                tx = Transaction(conn, self.is_sqlite)
-                try:
-                    yield tx
-                finally:
-                    if tx._session is not None:
-                        tx._session.close()
+        """A read for fixed statements (engine/fastsql.py), e.g. the token lookup every API
+        request makes; cheaper than ``read()``'s ORM session. On PostgreSQL it runs on the
+        autocommit pool: use it for single reads."""
+        with _transaction(self.read_engine if self._query_engine is None else self._query_engine,
+                          self.is_sqlite) as tx:
+            yield tx
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -155,6 +142,20 @@ class Transaction:
             self._session.info.update(self.info)
             self.info = self._session.info
         return self._session
+
+
+@contextlib.contextmanager
+def _transaction(engine: Engine, sqlite: bool) -> Iterator[Transaction]:
+    with _unavailable_on_disconnect():
+        with engine.connect() as conn, conn.begin():
+            tx = Transaction(conn, sqlite)
+            try:
+                yield tx
+                if tx._session is not None:
+                    tx._session.flush()
+            finally:
+                if tx._session is not None:
+                    tx._session.close()
 
 
 @contextlib.contextmanager

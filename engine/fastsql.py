@@ -57,7 +57,7 @@ def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, 
     as one pipeline (a single round trip), each on a cursor of its own."""
     if isinstance(source, Transaction) and not source.sqlite:
         driver = source.connection.connection.driver_connection
-        with driver.pipeline():  # type: ignore[union-attr]
+        with source.batch():
             cursors = []
             for stmt, params in queries:
                 cur = driver.cursor()  # type: ignore[union-attr]

@@ -23,11 +23,10 @@ def canonical(event: dict[str, Any]) -> str:
 
 def event_hash(prev_hash: str, case_id: int, seq: int, type_: str, at: dt.datetime, actor: str | None,
                task_id: str | None, task: str | None, payload: dict[str, Any]) -> str:
-    body = canonical({
-        "case": case_id, "seq": seq, "type": type_, "at": at.astimezone(dt.UTC).isoformat(),
-        "actor": actor, "task_id": task_id, "task": task, "payload": payload,
-    })
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+    """The chain hash of an event: SHA-256 of the previous hash and the event's canonical JSON
+    (sorted keys: actor, at, case, payload, seq, task, task_id, type)."""
+    return chain_hash(prev_hash, case_id, seq, type_, at.astimezone(dt.UTC).isoformat(), actor, task_id, task,
+                      canonical(payload))
 
 
 _encode_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) does to a str
@@ -39,8 +38,8 @@ def _quote(value: str | None) -> str:
 
 def chain_hash(prev_hash: str, case_id: int, seq: int, type_: str, at_iso: str, actor: str | None,
                task_id: str | None, task: str | None, payload_json: str) -> str:
-    """``event_hash`` for a payload already in canonical JSON: the same text, built without
-    serializing the payload a second time (keys in canonical order: sorted)."""
+    """``event_hash`` for a payload already in canonical JSON (what the command path stores),
+    so the payload is serialized once."""
     q = _quote
     body = (f'{{"actor":{q(actor)},"at":{q(at_iso)},"case":{int(case_id)},"payload":{payload_json},'
             f'"seq":{int(seq)},"task":{q(task)},"task_id":{q(task_id)},"type":{q(type_)}}}')
