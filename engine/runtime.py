@@ -98,6 +98,9 @@ class LiveCase:
     open_tasks: dict[str, OpenInfo]
     timers: set[tuple[str, dt.datetime]]
     subscriptions: set[tuple[str, str]]
+    # spiff.row_key of unfinished task rows as written by this process (not loaded: a
+    # restored case writes its unfinished rows once more)
+    row_keys: dict[str, spiff.RowKey] = field(default_factory=dict)
 
 
 @dataclass
@@ -478,7 +481,8 @@ class Runtime:
         case, live, wf = cmd.case, cmd.live, cmd.workflow
         now = cmd.now
 
-        dirty, removed = spiff.changed_tasks(wf, cmd.started, live.saved_tasks)
+        row_keys = live.row_keys
+        dirty, removed = spiff.changed_tasks(wf, cmd.started, live.saved_tasks, row_keys)
         rows = []
         advanced = False
         for key, task in dirty:
@@ -491,7 +495,14 @@ class Runtime:
                 live.saved_tasks.add(tid)
             rows.append({"case_id": case.id, "task_id": tid, "seq": seq, "workflow": key, "state": task.state,
                          "body": spiff.task_body(task)})
+            row = None if task.has_state(TaskState.FINISHED_MASK) else spiff.row_key(task)
+            if row is None:
+                row_keys.pop(tid, None)
+            else:
+                row_keys[tid] = row
         live.saved_tasks -= removed
+        for tid in removed:
+            row_keys.pop(tid, None)
 
         self._save_open_tasks(cmd)
         self._save_timers(cmd)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 from uuid import UUID
 
@@ -437,7 +438,41 @@ def deliver_message(wf: BpmnWorkflow, name: str, payload: dict[str, Any]) -> boo
 # --- split serialization --------------------------------------------------------------------
 
 
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+_NO_DELTA = '{"updates":{},"deletions":[]}'
+
+
 def task_body(task: Task) -> str:
+    """The task's row as SpiffWorkflow's task converter writes it (``REGISTRY.convert``, data
+    as a delta against the parent's), built without the converter's dispatch: every command
+    writes several of these."""
+    pid = task._parent
+    parent = task.workflow.tasks.get(pid) if pid is not None else None
+    internal = task.internal_data
+    internal_json = _ENCODE(REGISTRY.convert(internal)) if internal else "{}"
+    if parent is None:
+        head, data_json, delta_json = '"parent":null', _ENCODE(task.data), "{}"
+    else:
+        head, data_json = f'"parent":"{pid}"', "{}"
+        data, parent_data = task.data, parent.data
+        if not data and not parent_data:
+            delta_json = _NO_DELTA
+        else:
+            delta_json = _ENCODE({
+                "updates": {k: v for k, v in data.items() if k not in parent_data or parent_data[k] != v},
+                "deletions": [k for k in parent_data if k not in data],
+            })
+    changed = task.last_state_change
+    changed_json = repr(changed) if type(changed) is float else _ENCODE(changed)
+    children = ",".join([f'"{c}"' for c in task._children])
+    return (f'{{"id":"{task.id}",{head},"children":[{children}],"last_state_change":{changed_json},'
+            f'"state":{int(task._state)},"task_spec":{_quote(task.task_spec.name)},'
+            f'"triggered":{"true" if task.triggered else "false"},"internal_data":{internal_json},'
+            f'"data":{data_json},"delta":{delta_json},"typename":"Task"}}')
+
+
+def converter_task_body(task: Task) -> str:
+    """``task_body`` the slow way, through SpiffWorkflow's converter (tests compare the two)."""
     return json.dumps(REGISTRY.convert(task), default=str, separators=(",", ":"))
 
 
@@ -513,11 +548,30 @@ def new_workflow(spec: Any, subprocess_specs: dict[str, Any], script_engine: Pyt
     return wf
 
 
-def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str]) -> tuple[list[tuple[str, Task]], set[str]]:
+RowKey = tuple[Any, ...]
+
+
+def row_key(task: Task) -> RowKey | None:
+    """What the row of a task without data is made of: two equal keys mean the same row text.
+    None when the task or its parent holds data (the row's delta depends on both)."""
+    if task.data or task.internal_data:
+        return None
+    pid = task._parent
+    if pid is not None:
+        parent = task.workflow.tasks.get(pid)
+        if parent is not None and parent.data:
+            return None
+    return (task._state, task.last_state_change, task.triggered, pid, tuple(task._children))
+
+
+def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str],
+                  written: dict[str, RowKey] | None = None) -> tuple[list[tuple[str, Task]], set[str]]:
     """Tasks to (re)write after a command, and ids of tasks that disappeared.
 
     Finished tasks never change again, so only tasks touched since ``since``, unfinished
     ones and new ones are written; only the frontier and what grew from it are looked at.
+    ``written`` holds the ``row_key`` of unfinished rows as last written: such a task that
+    did not change (the predicted tasks further down a process) is not written again.
     """
     touched_tasks(wf)
     visited: Frontier = getattr(wf, _TOUCHED, None) or {}
@@ -539,9 +593,11 @@ def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str]) -> tuple[list
         tid = str(task.id)
         if tid not in saved:
             new[task.id] = (key, task)
-        elif (task.last_state_change >= since or not task.has_state(TaskState.FINISHED_MASK)
-              or task.id in forced):
+        elif task.last_state_change >= since or task.id in forced:
             dirty.append((key, task))
+        elif not task.has_state(TaskState.FINISHED_MASK):
+            if written is None or (row := row_key(task)) is None or written.get(tid) != row:
+                dirty.append((key, task))
     return dirty + _parents_first(new), {str(t) for t in dropped} & saved
 
 

@@ -44,6 +44,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("!", "PostgreSQL was not reachable: every [postgresql] test was skipped", red=True)
 
 
+@pytest.fixture(autouse=True)
+def _task_rows_as_spiffworkflow_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every task row any test writes is checked against SpiffWorkflow's own converter: the
+    engine builds the row text itself, and a restore reads it with the converter."""
+    from engine import spiff
+
+    fast = spiff.task_body
+
+    def checked(task: Any) -> str:
+        body = fast(task)
+        assert body == spiff.converter_task_body(task), f"task row of {task.task_spec.name} differs"
+        return body
+
+    monkeypatch.setattr(spiff, "task_body", checked)
+
+
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"
