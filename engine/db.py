@@ -106,6 +106,9 @@ class Database:
             self._query_engine.dispose()
 
 
+_NO_BATCH = contextlib.nullcontext()
+
+
 class Transaction:
     """One command's transaction: the driver cursor that runs the fixed statements of the hot
     path (engine/fastsql.py), the SQLAlchemy connection, and an ORM session on that same
@@ -121,16 +124,13 @@ class Transaction:
         self.info: dict[str, Any] = {}  # per-command notes shared by listeners (e.g. timers scheduled)
         self._session: Session | None = None
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
         """Fixed statements whose results are not read, sent to PostgreSQL as one pipeline (one
         round trip instead of one each); errors surface when the block ends. SQLite runs them
         as they come."""
         if self.sqlite:
-            yield
-            return
-        with self.connection.connection.driver_connection.pipeline():  # type: ignore[union-attr]
-            yield
+            return _NO_BATCH
+        return self.connection.connection.driver_connection.pipeline()  # type: ignore[union-attr,no-any-return]
 
     @property
     def session(self) -> Session:

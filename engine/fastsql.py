@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from .db import Transaction
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
 
 class Statement:
     def __init__(self, sql: str, json_params: Iterable[str] = (), time_params: Iterable[str] = ()) -> None:
@@ -32,12 +34,11 @@ class Statement:
         out = dict(params)
         for name in self.json_params:
             if name in out and out[name] is not None:
-                out[name] = json.dumps(out[name], separators=(",", ":"), ensure_ascii=False, default=str)
+                out[name] = _JSON(out[name])
         for name in self.time_params:
             value = out.get(name)
             if value is not None and sqlite:
-                # SQLAlchemy's SQLite DateTime format, UTC without offset.
-                out[name] = value.astimezone(dt.UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+                out[name] = sqlite_time(value)
         return out
 
     def execute(self, session: Session | Transaction, params: Mapping[str, Any]) -> Any:
@@ -80,6 +81,14 @@ def _cursor(session: Session | Transaction) -> tuple[Any, bool]:
     sqlite = conn.dialect.name == "sqlite"
     session.info["fastsql_cursor"] = (cursor, sqlite, session.get_transaction())
     return cursor, sqlite
+
+
+def sqlite_time(value: dt.datetime) -> str:
+    """SQLAlchemy's SQLite DateTime text (UTC without offset, always with microseconds);
+    ``isoformat`` writes the same as its ``strftime`` at a fraction of the cost."""
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def parse_time(value: Any) -> dt.datetime | None:

@@ -17,8 +17,12 @@ COMMAND_EVENT_TYPES = INPUT_EVENT_TYPES | {"task_claimed", "task_unclaimed", "ta
                                            "engine_advanced"}
 
 
+# json.dumps with options builds an encoder on every call; this one is built once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 def canonical(event: dict[str, Any]) -> str:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL(event)
 
 
 def event_hash(prev_hash: str, case_id: int, seq: int, type_: str, at: dt.datetime, actor: str | None,

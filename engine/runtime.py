@@ -717,8 +717,11 @@ def instance_dict(case: Any, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+_JSON_DEFAULT_STR = json.JSONEncoder(default=str).encode
+
+
 def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(_JSON_DEFAULT_STR(value))
 
 
 def _plain_json(value: Any, depth: int = 0) -> bool:

@@ -204,7 +204,21 @@ def _remove_task(self: Workflow, task_id: UUID) -> None:
     _spiff_remove_task(self, task_id)
 
 
+_workflow_logger = logging.getLogger("spiff.workflow")
+_spiff_workflow_log_extras = Workflow.collect_log_extras
+
+
+def _workflow_log_extras(self: Workflow, dct: dict[str, Any] | None = None) -> dict[str, Any]:
+    # SpiffWorkflow lists every task of the case in these extras unless its logger has a level
+    # set (it tests ``level < 20``, and an unset level is 0): a walk of the whole tree each time
+    # a workflow starts or completes, for a record that is dropped when INFO is off.
+    if not _workflow_logger.isEnabledFor(logging.INFO):
+        return dct or {}
+    return _spiff_workflow_log_extras(self, dct)  # type: ignore[no-any-return]
+
+
 Task._set_state = _set_state  # type: ignore[method-assign]
+Workflow.collect_log_extras = _workflow_log_extras  # type: ignore[method-assign]
 Task._child_added_notify = _child_added_notify  # type: ignore[method-assign]
 Workflow._remove_task = _remove_task  # type: ignore[method-assign]
 
@@ -496,7 +510,7 @@ def workflow_header(wf: BpmnWorkflow) -> str:
         sub["parent_task_id"] = str(sp.parent_task_id)
         sub["spec"] = sp.spec.name
         header["subprocesses"][str(sp_id)] = sub
-    return json.dumps(header, default=str, separators=(",", ":"))
+    return _ENCODE(header)
 
 
 def _apply_header(wf: Any, header: dict[str, Any]) -> None:
