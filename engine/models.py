@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -257,7 +258,11 @@ class CaseEvent(Base):
     __tablename__ = "case_events"
     __table_args__ = (
         UniqueConstraint("case_id", "seq"),
-        Index("ix_case_events_type_at", "type", "at"),
+        # Sealed events by position; the unsealed ones by id for the sealer (migration 0008).
+        Index("ix_case_events_global_seq", "global_seq", unique=True,
+              sqlite_where=text("global_seq IS NOT NULL"), postgresql_where=text("global_seq IS NOT NULL")),
+        Index("ix_case_events_unsealed", "id",
+              sqlite_where=text("global_seq IS NULL"), postgresql_where=text("global_seq IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -272,7 +277,7 @@ class CaseEvent(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
     # Global chain (engine/audit/chain.py): set when the event is sealed, in sealing order.
-    global_seq: Mapped[int | None] = mapped_column(BigInteger, index=True, unique=True)
+    global_seq: Mapped[int | None] = mapped_column(BigInteger)
     global_hash: Mapped[str | None] = mapped_column(String(64))
 
 

@@ -21,7 +21,7 @@ from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.exceptions import SpiffWorkflowException
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -202,7 +202,9 @@ _SELECT_CASE_OF_OPEN_TASK = Statement(
     "WHERE o.id = :id")
 # Whether the task is still open is decided on the locked case's workflow, not on this row.
 _SELECT_CASE_OF_OPEN_TASK_LOCKED = Statement(_SELECT_CASE_OF_OPEN_TASK.sql + " FOR UPDATE OF c")
-_INSERT_CASE = insert(_CASES)
+_INSERT_CASE = Statement(
+    f"INSERT INTO cases ({', '.join(_CASE_COLUMNS[1:])}) VALUES ({', '.join(':' + c for c in _CASE_COLUMNS[1:])}) "
+    "RETURNING id", json_params=("data",), time_params=("created_at", "updated_at", "ended_at"))
 
 
 def _update_case(with_data: bool, with_status: bool) -> Statement:
@@ -347,13 +349,13 @@ class Runtime:
                       "status": "running", "data": {}, "state": "{}", "lock_version": 0, "task_seq": 0,
                       "event_seq": 0, "last_hash": GENESIS, "started_by": actor.username, "created_at": now,
                       "updated_at": now, "ended_at": None}
-            new_id = tx.connection.execute(_INSERT_CASE, values).inserted_primary_key[0]
+            new_id = _INSERT_CASE.execute(tx, values).fetchone()[0]
             case = CaseRow(id=new_id, **values)
             live = LiveCase(wf, version, 0, set(), {}, set(), set())
             cmd = Command(tx, case, live, actor, now, started=spiff.now_ts())
 
             def begin(c: Command) -> None:
-                for t in c.workflow.get_tasks(state=TaskState.READY):
+                for t in spiff.ready_tasks(c.workflow):
                     t.data.update(data)
                 c.record("case_started", None, {"process": process_key, "version": version.version,
                                                  "data": data})

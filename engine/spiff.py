@@ -326,6 +326,12 @@ def run_engine_steps(wf: BpmnWorkflow, did_complete: Callable[[Task], None] | No
             break
 
 
+def ready_tasks(wf: BpmnWorkflow) -> list[Task]:
+    """READY tasks of the case, automatic or not (found among the unfinished ones)."""
+    touched_tasks(wf)
+    return [t for _, t in _frontier(wf).values() if t.state == TaskState.READY]
+
+
 def open_user_tasks(wf: BpmnWorkflow) -> list[Task]:
     return [t for _, t in _frontier(wf).values() if t.state == TaskState.READY and t.task_spec.manual]
 

@@ -374,7 +374,7 @@ def _start_position(session: Session, model: Any, since: dt.datetime | None) -> 
         return 0, GENESIS
     first = session.scalar(select(func.min(model.global_seq)).where(model.at >= since, model.global_seq.is_not(None)))
     if first is None:
-        last = session.scalar(select(func.max(model.global_seq)))
+        last = session.scalar(select(func.max(model.global_seq)).where(model.global_seq.is_not(None)))
         first = (last or 0) + 1
     if first <= 1:
         return 0, GENESIS
