@@ -168,17 +168,28 @@ Frontier = dict[UUID, tuple[str, Task]]
 # per-case generation so a walk with nothing new to find is skipped. (One command runs on a
 # case at a time, so the counter needs no lock.)
 
-def _bump(wf: Any) -> None:
+def _bump(wf: Any) -> Any:
     top = getattr(wf, "top_workflow", wf)
     top.__dict__[_GENERATION] = top.__dict__.get(_GENERATION, 0) + 1
+    return top
 
 
 _task_logger = logging.getLogger("spiff.task")
 
 
+_WAITING = "_aftercare_waiting"  # ids of the case's WAITING tasks, kept once the frontier is taken
+
+
 def _set_state(self: Task, value: int) -> None:
     if value != self._state:
-        _bump(self.workflow)
+        top = _bump(self.workflow)
+        if value == TaskState.WAITING or self._state == TaskState.WAITING:
+            waiting = top.__dict__.get(_WAITING)
+            if waiting is not None:
+                if value == TaskState.WAITING:
+                    waiting.add(self.id)
+                else:
+                    waiting.discard(self.id)
         elapsed = time.time() - self.last_state_change
         self.last_state_change = time.time()
         self._state = value
@@ -200,7 +211,9 @@ def _child_added_notify(self: Task, child: Task) -> None:
 
 
 def _remove_task(self: Workflow, task_id: UUID) -> None:
-    _bump(self)
+    waiting = _bump(self).__dict__.get(_WAITING)
+    if waiting is not None:
+        waiting.discard(task_id)
     _spiff_remove_task(self, task_id)
 
 
@@ -227,6 +240,7 @@ def _frontier(wf: BpmnWorkflow) -> Frontier:
     frontier: Frontier | None = getattr(wf, _FRONTIER, None)
     if frontier is None:  # a new or just restored workflow: one full scan
         frontier = {t.id: (key, t) for key, t in all_tasks(wf) if not t.has_state(TaskState.FINISHED_MASK)}
+        wf.__dict__[_WAITING] = {tid for tid, (_, t) in frontier.items() if t.state == TaskState.WAITING}
         setattr(wf, _FRONTIER, frontier)
         setattr(wf, _KNOWN_SUBPROCESSES, set(wf.subprocesses))
     return frontier
@@ -279,11 +293,19 @@ def touched_tasks(wf: BpmnWorkflow) -> tuple[Frontier, set[UUID]]:
     return visited, dropped - visited.keys()
 
 
+def waiting_known(wf: BpmnWorkflow) -> set[UUID] | None:
+    """The WAITING task ids the engine keeps for ``wf`` (None before the frontier is taken);
+    tests compare it with a full scan."""
+    waiting = wf.__dict__.get(_WAITING)
+    return set(waiting) if waiting is not None else None
+
+
 def reset_frontier(wf: BpmnWorkflow) -> None:
     """Forget the frontier after an operation that may touch finished tasks (reset, retry)."""
     if hasattr(wf, _FRONTIER):
         delattr(wf, _FRONTIER)
     wf.__dict__.pop(_WALKED, None)
+    wf.__dict__.pop(_WAITING, None)
 
 
 def run_engine_steps(wf: BpmnWorkflow, did_complete: Callable[[Task], None] | None = None) -> None:
@@ -346,6 +368,8 @@ def _update_waiting_tasks(self: Any) -> None:
     if getattr(top, _FRONTIER, None) is None:
         _spiff_update_waiting_tasks(self)
         return
+    if not top.__dict__.get(_WAITING, True):
+        return  # nothing waits (kept by _set_state): most completions of most cases
     touched_tasks(top)
     for _, task in list(_frontier(top).values()):
         if task.workflow is self and task.state == TaskState.WAITING:

@@ -59,6 +59,18 @@ def _task_rows_as_spiffworkflow_writes_them(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(spiff, "task_body", checked)
 
+    # The engine keeps the case's WAITING tasks as they change instead of scanning for them.
+    changed = spiff.changed_tasks
+
+    def changed_checked(wf: Any, *args: Any) -> Any:
+        known = spiff.waiting_known(wf)
+        if known is not None:
+            actual = {t.id for _, t in spiff.all_tasks(wf) if t.state == spiff.TaskState.WAITING}
+            assert known == actual, f"waiting tasks kept {known}, found {actual}"
+        return changed(wf, *args)
+
+    monkeypatch.setattr(spiff, "changed_tasks", changed_checked)
+
 
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
