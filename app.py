@@ -107,8 +107,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # Tests and embedders may bring their own handler set (the engine is not tied to ours).
     # SLA policies give timer expressions sla_due()/sla_cycle() and user tasks their due dates.
     sla = SlaService(db)
+    from web.inbox_query import searched_paths
+
     engine = WorkflowEngine(db, app.config.get("HANDLER_REGISTRY") or build_registry(),
-                            functions=sla.functions(), due_calculator=sla)
+                            functions=sla.functions(), due_calculator=sla, search_paths=searched_paths())
     from engine.scheduler import notify_new_timers
 
     engine.runtime.on_commit.append(notify_new_timers(db))  # PostgreSQL: wake `aftercare worker` processes

@@ -48,11 +48,13 @@ class AftercareSide:
 
     def __init__(self, url: str) -> None:
         from engine import SYSTEM, Database, WorkflowEngine
+        from web.inbox_query import searched_paths
 
         self.system = SYSTEM
         self.db = Database(url)
         self.db.migrate()
-        self.engine = WorkflowEngine(self.db)
+        # As the application runs it: the inbox's searched places of case data are kept up to date.
+        self.engine = WorkflowEngine(self.db, search_paths=searched_paths())
         self.engine.deploy_paths([BPMN], SYSTEM)
 
     def run(self, n: int) -> float:

@@ -154,6 +154,18 @@ class Case(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
 
+class CaseSearch(Base):
+    """A searched place of a case's data (``path`` like ``customer.phone``) and its text value;
+    kept by the command that changes the data, for prefix search (migration 0009)."""
+
+    __tablename__ = "case_search"
+    __table_args__ = (Index("ix_case_search_value", "value", "case_id"),)
+
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(80), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
 class CaseTask(Base):
     """One SpiffWorkflow task of a case, serialized alone so a command rewrites only what changed."""
 

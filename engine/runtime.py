@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import spiff
+from . import search, spiff
 from .audit import clock as audit_clock
 from .audit import recorded
 from .db import Transaction
@@ -267,8 +267,10 @@ _SET_ASSIGNEE = Statement("UPDATE open_tasks SET assignee = :assignee WHERE id =
 
 class Runtime:
     def __init__(self, db: Any, specs: SpecStore, handlers: HandlerRegistry,
-                 due_calculator: DueCalculator | None = None, cache_size: int = 2000) -> None:
+                 due_calculator: DueCalculator | None = None, cache_size: int = 2000,
+                 search_paths: tuple[search.SearchPath, ...] = ()) -> None:
         self.db = db
+        self.search_paths = search_paths  # places of case data kept in case_search (engine/search.py)
         self.specs = specs
         self.handlers = handlers
         self.due_calculator = due_calculator
@@ -548,7 +550,10 @@ class Runtime:
             _UPSERT_TASKS.executemany(cmd.tx, rows)
             _DELETE_TASK.executemany(cmd.tx, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
             self._write_events(cmd)
-            update = _UPDATE_CASE[case.data != old_data, (case.status, case.ended_at) != (old_status, old_ended)]
+            data_changed = case.data != old_data
+            if data_changed and self.search_paths:
+                search.write_changes(cmd.tx, case.id, old_data, case.data, self.search_paths)
+            update = _UPDATE_CASE[data_changed, (case.status, case.ended_at) != (old_status, old_ended)]
             update.execute(cmd.tx, {
                 "id": case.id, "status": case.status, "data": case.data, "state": case.state,
                 "lock_version": case.lock_version, "task_seq": case.task_seq, "event_seq": case.event_seq,

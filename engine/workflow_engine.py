@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,13 @@ def _iso(value: dt.datetime | None) -> str | None:
 class WorkflowEngine:
     def __init__(self, db: Database, handlers: HandlerRegistry | None = None,
                  functions: Mapping[str, Callable[..., Any]] | None = None,
-                 due_calculator: DueCalculator | None = None) -> None:
+                 due_calculator: DueCalculator | None = None,
+                 search_paths: Sequence[tuple[str, ...]] = ()) -> None:
         self.db = db
         self.handlers = handlers or HandlerRegistry()
         self.specs = SpecStore(functions)
-        self.runtime = Runtime(db, self.specs, self.handlers, due_calculator)
+        # Places of case data the application searches (kept in case_search by each command).
+        self.runtime = Runtime(db, self.specs, self.handlers, due_calculator, search_paths=tuple(search_paths))
 
     # --- definitions ------------------------------------------------------------------------
 

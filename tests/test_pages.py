@@ -425,8 +425,13 @@ def seed_open_tasks(db: Any, n: int) -> None:
                        f"CASE WHEN i % 1000 = 0 THEN 'agent' ELSE NULL END, i % 3, {due}, {now} FROM {nums}"))
         s.execute(text(f"INSERT INTO task_candidates (task_id, group_name) SELECT 'bulk-' || i, "
                        f"CASE WHEN i % 2 = 1 THEN 'hotline' ELSE 'technician' END FROM {nums}"))
+        # The searched places of the data, as the engine keeps them (engine/search.py).
+        extract = ("(c.data->>'{key}')" if dialect == "postgresql" else "json_extract(c.data, '$.{key}')")
+        for key in ("case_ref", "customer_name", "customer_phone"):
+            s.execute(text(f"INSERT INTO case_search (case_id, path, value) SELECT c.id, '{key}', "
+                           f"{extract.format(key=key)} FROM cases c WHERE c.process_key = 'bulk'"))
         if dialect == "postgresql":
-            s.execute(text("ANALYZE cases; ANALYZE open_tasks; ANALYZE task_candidates"))
+            s.execute(text("ANALYZE cases; ANALYZE open_tasks; ANALYZE task_candidates; ANALYZE case_search"))
         else:
             s.execute(text("ANALYZE"))
 

@@ -2,8 +2,8 @@
 
 With 100,000 open tasks a page costs one indexed query for the rows (the case summary
 fields come from the same join) and one for their candidate groups; searching by case
-reference, customer name or phone goes through the expression indexes of migrations
-``0002_inbox_search`` and ``0002_inbox_search_nested``.
+reference, customer name or phone is one range over ``case_search``'s value index
+(migration ``0009_case_search``; the engine keeps those rows as case data changes).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, literal_column, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from engine import Actor
-from engine.models import Case, OpenTask, TaskCandidate, utcnow
+from engine.models import Case, CaseSearch, OpenTask, TaskCandidate, utcnow
 from engine.sla import SlaClock
 
 from .case_view import sla_state_of
@@ -55,6 +55,11 @@ class InboxPage:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def searched_paths() -> list[tuple[str, ...]]:
+    """Every place of case data the search looks in (the engine keeps them in case_search)."""
+    return [p for key in SEARCHED_KEYS for p in SEARCH_PATHS[key]]
+
+
 def data_field(dialect: str, path: str | tuple[str, ...]) -> ColumnElement[Any]:
     """``cases.data`` at ``path`` as text, spelled exactly like the index expression so the index is used."""
     keys = (path,) if isinstance(path, str) else path
@@ -75,18 +80,27 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def search_condition(dialect: str, text: str) -> ColumnElement[bool]:
-    conds: list[ColumnElement[bool]] = []
-    for path in (p for key in SEARCHED_KEYS for p in SEARCH_PATHS[key]):
-        col = data_field(dialect, path)
-        if dialect == "postgresql":
-            conds.append(col.like(_escape_like(text) + "%", escape="\\"))
-        else:
-            # Binary collation: every string starting with ``text`` sorts in [text, text + U+10FFFF).
-            conds.append(and_(col >= text, col < text + "\U0010ffff"))
-    if text.isdigit() and len(text) < 18:
-        conds.append(Case.id == int(text))
-    return or_(*conds)
+def search_condition(session: Session, text: str, case_id: Any = None) -> ColumnElement[bool]:
+    """``case_id`` (default ``cases.id``) is a case whose searched data starts with ``text``, or
+    whose number is ``text``."""
+    column = Case.id if case_id is None else case_id
+    # Every searched place's text is a row of case_search (engine/search.py): one index range.
+    value = CaseSearch.value
+    if session.get_bind().dialect.name == "postgresql":
+        match = value.like(_escape_like(text) + "%", escape="\\")
+    else:
+        # Binary collation: every string starting with ``text`` sorts in [text, text + U+10FFFF).
+        match = and_(value >= text, value < text + "\U0010ffff")
+    number = int(text) if text.isdigit() and len(text) < 18 else None
+    # A few matching cases (the usual search): their ids, so the page is an index lookup by
+    # case. Many (a short prefix): a test per row, so walking the page's order stops early.
+    ids = set(session.scalars(select(CaseSearch.case_id).where(match).limit(WALK_FROM + 1)))
+    if len(ids) <= WALK_FROM:
+        if number is not None:
+            ids.add(number)
+        return column.in_(sorted(ids)) if ids else false()
+    per_row = exists(select(CaseSearch.case_id).where(CaseSearch.case_id == column, match))
+    return or_(per_row, column == number) if number is not None else per_row
 
 
 def _visible(actor: Actor, scope: str, walk: bool) -> ColumnElement[bool] | None:
@@ -138,7 +152,7 @@ def inbox(session: Session, actor: Actor, f: InboxFilter, now: dt.datetime | Non
     elif f.state == "breached":
         q = q.where(OpenTask.due_at < now)
     if text:
-        q = q.where(OpenTask.case_id.in_(select(Case.id).where(search_condition(dialect, text))))
+        q = q.where(search_condition(session, text, OpenTask.case_id))
     page = max(1, f.page)
     size = max(1, min(f.page_size, 200))
     offset = (page - 1) * size

@@ -35,7 +35,7 @@ def cases() -> str:
         if status:
             q = q.where(Case.status == status)
         if text:
-            q = q.where(search_condition(dialect, text))
+            q = q.where(search_condition(s, text))
         rows = s.execute(q.order_by(Case.id.desc()).limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE)).all()
     return render_template("audit.html", rows=rows[:PAGE_SIZE], has_more=len(rows) > PAGE_SIZE, page=page,
                            process=process, status=status, q=text, statuses=STATUSES,
