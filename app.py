@@ -153,6 +153,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(reports_pages)
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.after_request(security_headers)
+    from engine.process import tune_garbage_collector
+
+    tune_garbage_collector()  # after start-up, so what it allocated is frozen
     return app
 
 

@@ -55,6 +55,9 @@ class AftercareSide:
         self.db.migrate()
         # As the application runs it: the inbox's searched places of case data are kept up to date.
         self.engine = WorkflowEngine(self.db, search_paths=searched_paths())
+        from engine.process import tune_garbage_collector
+
+        tune_garbage_collector()  # as create_app() does for every web and timer worker
         self.engine.deploy_paths([BPMN], SYSTEM)
 
     def run(self, n: int) -> float:
