@@ -67,6 +67,10 @@ class Database:
         session made only when something asks for one (most commands never do)."""
         if self.checkpointer is not None:
             self.checkpointer.ensure_running()
+        if self.is_sqlite:
+            with _sqlite_command(self.engine) as tx:
+                yield tx
+            return
         with _transaction(self.engine, self.is_sqlite) as tx:
             yield tx
 
@@ -115,14 +119,26 @@ class Transaction:
     connection for handlers and projections, created on first use. Opening a session costs
     more than the few rows a command writes."""
 
-    __slots__ = ("connection", "cursor", "sqlite", "info", "_session")
+    __slots__ = ("_connection", "_engine", "_pooled", "cursor", "sqlite", "info", "_session")
 
-    def __init__(self, connection: Connection, sqlite: bool) -> None:
-        self.connection = connection
-        self.cursor: Any = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    def __init__(self, connection: Connection | None, sqlite: bool, engine: Engine | None = None,
+                 pooled: Any = None) -> None:
+        # Either a SQLAlchemy connection, or (SQLite commands) a pooled driver connection that
+        # gets its SQLAlchemy connection only if something asks for one.
+        self._connection = connection
+        self._engine = engine
+        self._pooled = pooled if connection is None else connection.connection
+        self.cursor: Any = self._pooled.driver_connection.cursor()
         self.sqlite = sqlite
         self.info: dict[str, Any] = {}  # per-command notes shared by listeners (e.g. timers scheduled)
         self._session: Session | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            assert self._engine is not None
+            self._connection = Connection(self._engine, connection=self._pooled)
+        return self._connection
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         """Fixed statements whose results are not read, sent to PostgreSQL as one pipeline (one
@@ -135,6 +151,11 @@ class Transaction:
     @property
     def session(self) -> Session:
         if self._session is None:
+            if not self.connection.in_transaction():
+                # (SQLite commands: BEGIN IMMEDIATE went to the driver.) The session must join
+                # the command's transaction, not start one of its own that it would roll back
+                # when closed; this begin only tells SQLAlchemy (see _sqlite_engine's "begin").
+                self.connection.begin()
             # Joins the connection's transaction: its commit and rollback stay with the command.
             self._session = Session(bind=self.connection, expire_on_commit=False,
                                     join_transaction_mode="rollback_only")
@@ -156,6 +177,44 @@ def _transaction(engine: Engine, sqlite: bool) -> Iterator[Transaction]:
             finally:
                 if tx._session is not None:
                     tx._session.close()
+
+
+@contextlib.contextmanager
+def _sqlite_command(engine: Engine) -> Iterator[Transaction]:
+    """A SQLite command: BEGIN IMMEDIATE and COMMIT go straight to the driver. SQLAlchemy's own
+    begin and commit cost more than the statements of a small command; it takes over only when
+    something (an ORM session, a Core statement) began a transaction on the connection."""
+    with _unavailable_on_disconnect():
+        pooled = engine.raw_connection()
+        tx: Transaction | None = None
+        try:
+            driver = pooled.driver_connection
+            _begin_immediate(driver, sqlite_busy_timeout_ms() / 1000)  # type: ignore[arg-type]
+            tx = Transaction(None, True, engine, pooled)
+            yield tx
+            if tx._session is not None:
+                tx._session.flush()
+                tx._session.close()
+                tx._session = None
+            conn = tx._connection
+            if conn is not None and conn.in_transaction():
+                conn.commit()
+            else:
+                driver.commit()  # type: ignore[union-attr]
+        except BaseException:
+            conn = tx._connection if tx is not None else None
+            if tx is not None and tx._session is not None:
+                tx._session.close()
+            if conn is not None and conn.in_transaction():
+                conn.rollback()
+            elif driver.in_transaction:  # type: ignore[union-attr]
+                driver.rollback()  # type: ignore[union-attr]
+            raise
+        finally:
+            if tx is not None and tx._connection is not None:
+                tx._connection.close()  # returns the pooled connection
+            else:
+                pooled.close()
 
 
 @contextlib.contextmanager
@@ -309,6 +368,8 @@ def _sqlite_engine(url: str, immediate: bool, echo: bool, autocheckpoint: int | 
         # Straight to the driver: every command starts here, and SQLAlchemy's statement
         # machinery would cost more than the BEGIN itself.
         driver = conn.connection.driver_connection
+        if driver.in_transaction:
+            return  # a command's BEGIN IMMEDIATE went to the driver already (_sqlite_command)
         if immediate:
             _begin_immediate(driver, busy_ms / 1000)
         else:
