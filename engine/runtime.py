@@ -160,7 +160,7 @@ class Command:
         self.events.append({
             "type": type_,
             "actor": actor if actor is not None else self.actor.username,
-            "task_id": str(task.id) if task is not None else None,
+            "task_id": spiff.task_key(task) if task is not None else None,
             "task": (task.task_spec.bpmn_id or task.task_spec.name) if task is not None else None,
             "payload": payload or {},
         })
@@ -416,7 +416,7 @@ class Runtime:
                 task = failed[-1] if failed else None
             self._raise_incident(cmd, task, exc)
         for task in spiff.open_user_tasks(wf):
-            if str(task.id) not in cmd.live.open_tasks:
+            if spiff.task_key(task) not in cmd.live.open_tasks:
                 info = spiff.user_task_info(task)
                 cmd.record("task_opened", task, {"name": info.name, "lane": info.lane}, actor="system")
         if wf.completed and cmd.case.status not in ("completed", "cancelled"):
@@ -490,7 +490,7 @@ class Runtime:
         rows = []
         advanced = False
         for key, task in dirty:
-            tid = str(task.id)
+            tid = spiff.task_key(task)
             advanced = advanced or task.last_state_change >= cmd.started
             seq = 0
             if tid not in live.saved_tasks:
@@ -578,7 +578,7 @@ class Runtime:
 
     def _save_open_tasks(self, cmd: Command) -> None:
         case, live = cmd.case, cmd.live
-        current = {str(t.id): t for t in spiff.open_user_tasks(cmd.workflow)}
+        current = {spiff.task_key(t): t for t in spiff.open_user_tasks(cmd.workflow)}
         gone = [tid for tid in live.open_tasks if tid not in current]
         timed = [tid for tid in gone if live.open_tasks[tid].sla_policy]
         for tid in gone:

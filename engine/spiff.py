@@ -149,47 +149,48 @@ def all_tasks(wf: BpmnWorkflow) -> Iterator[tuple[str, Task]]:
 # SpiffWorkflow finds work by walking the task tree from its root on every step. That costs
 # time proportional to the case's whole history and stops at a depth of 1,000 (a loop of a
 # few hundred iterations stalls). Finished tasks never change again, so the engine keeps the
-# set of unfinished tasks on the workflow and walks only from there to the tasks created since.
+# set of unfinished tasks on the workflow and brings it up to date from what changed.
 
 _FRONTIER = "_aftercare_frontier"
 _KNOWN_SUBPROCESSES = "_aftercare_subprocesses"
 _TOUCHED = "_aftercare_touched"
 _DROPPED = "_aftercare_dropped"
 _FORCED = "_aftercare_forced"  # finished tasks that must be rewritten all the same
-
-_WALKED = "_aftercare_walked"  # the tree generation the frontier was last walked at
-_GENERATION = "_aftercare_generation"
+_CHANGES = "_aftercare_changes"  # tasks changed or added since the frontier was last brought up to date
+_WAITING = "_aftercare_waiting"  # ids of the case's WAITING tasks
 
 Frontier = dict[UUID, tuple[str, Task]]
 
 
-# A walk from the frontier finds something new only after a task changed state, got a child or
-# was removed; SpiffWorkflow does each of those through one of three methods, which bump a
-# per-case generation so a walk with nothing new to find is skipped. (One command runs on a
-# case at a time, so the counter needs no lock.)
+# A task changes state, gets a child or is removed only through one of three SpiffWorkflow
+# methods; each notes the task on its case (the top workflow) once the frontier exists, so
+# bringing the frontier up to date costs the number of changes, not the size of the case.
+# (One command runs on a case at a time, so the notes need no lock.)
 
-def _bump(wf: Any) -> Any:
-    top = getattr(wf, "top_workflow", wf)
-    top.__dict__[_GENERATION] = top.__dict__.get(_GENERATION, 0) + 1
-    return top
+def _top(wf: Any) -> Any:
+    return getattr(wf, "top_workflow", wf)
+
+
+def _workflow_key(task: Task) -> str:
+    """"" for the case's own tasks, else the id of the subprocess's parent task."""
+    wf = task.workflow
+    parent_task_id = getattr(wf, "parent_task_id", None)
+    return "" if parent_task_id is None or _top(wf) is wf else str(parent_task_id)
 
 
 _task_logger = logging.getLogger("spiff.task")
 
 
-_WAITING = "_aftercare_waiting"  # ids of the case's WAITING tasks, kept once the frontier is taken
-
-
 def _set_state(self: Task, value: int) -> None:
     if value != self._state:
-        top = _bump(self.workflow)
-        if value == TaskState.WAITING or self._state == TaskState.WAITING:
-            waiting = top.__dict__.get(_WAITING)
-            if waiting is not None:
-                if value == TaskState.WAITING:
-                    waiting.add(self.id)
-                else:
-                    waiting.discard(self.id)
+        top = _top(self.workflow)
+        changes = top.__dict__.get(_CHANGES)
+        if changes is not None:
+            changes.append(self)
+            if value == TaskState.WAITING:
+                top.__dict__[_WAITING].add(self.id)
+            elif self._state == TaskState.WAITING:
+                top.__dict__[_WAITING].discard(self.id)
         elapsed = time.time() - self.last_state_change
         self.last_state_change = time.time()
         self._state = value
@@ -206,14 +207,28 @@ _spiff_remove_task = Workflow._remove_task
 
 
 def _child_added_notify(self: Task, child: Task) -> None:
-    _bump(self.workflow)
+    top = _top(self.workflow)
+    changes = top.__dict__.get(_CHANGES)
+    if changes is not None:
+        changes.append(child)
+        if child.state == TaskState.WAITING:
+            top.__dict__[_WAITING].add(child.id)
+        # The parent's list of children changed, even if the parent finished long ago.
+        top.__dict__.setdefault(_FORCED, {})[self.id] = (_workflow_key(self), self)
     _spiff_child_added(self, child)
 
 
 def _remove_task(self: Workflow, task_id: UUID) -> None:
-    waiting = _bump(self).__dict__.get(_WAITING)
-    if waiting is not None:
-        waiting.discard(task_id)
+    top = _top(self)
+    changes = top.__dict__.get(_CHANGES)
+    task = self.tasks.get(task_id)
+    if changes is not None and task is not None:
+        top.__dict__[_WAITING].discard(task_id)
+        top.__dict__[_FRONTIER].pop(task_id, None)
+        top.__dict__.setdefault(_DROPPED, set()).add(task_id)
+        parent = task.parent
+        if parent is not None:
+            top.__dict__.setdefault(_FORCED, {})[parent.id] = (_workflow_key(parent), parent)
     _spiff_remove_task(self, task_id)
 
 
@@ -236,61 +251,66 @@ Task._child_added_notify = _child_added_notify  # type: ignore[method-assign]
 Workflow._remove_task = _remove_task  # type: ignore[method-assign]
 
 
+def task_key(task: Task) -> str:
+    """The task's id as text (kept on the task: commands ask for it many times)."""
+    try:
+        return task.__dict__["_aftercare_key"]  # type: ignore[no-any-return]
+    except KeyError:
+        key = task.__dict__["_aftercare_key"] = str(task.id)
+        return key
+
+
 def _frontier(wf: BpmnWorkflow) -> Frontier:
-    frontier: Frontier | None = getattr(wf, _FRONTIER, None)
+    frontier: Frontier | None = wf.__dict__.get(_FRONTIER)
     if frontier is None:  # a new or just restored workflow: one full scan
         frontier = {t.id: (key, t) for key, t in all_tasks(wf) if not t.has_state(TaskState.FINISHED_MASK)}
         wf.__dict__[_WAITING] = {tid for tid, (_, t) in frontier.items() if t.state == TaskState.WAITING}
-        setattr(wf, _FRONTIER, frontier)
-        setattr(wf, _KNOWN_SUBPROCESSES, set(wf.subprocesses))
+        wf.__dict__[_CHANGES] = []
+        wf.__dict__[_FRONTIER] = frontier
+        wf.__dict__[_KNOWN_SUBPROCESSES] = set(wf.subprocesses)
     return frontier
 
 
-def touched_tasks(wf: BpmnWorkflow) -> tuple[Frontier, set[UUID]]:
-    """Every task that may have changed since the frontier was last taken (the old frontier
-    and everything reachable from it), and the ids of old frontier tasks that were dropped.
-    Updates the frontier."""
-    old = _frontier(wf)
-    known_sps: set[UUID] = getattr(wf, _KNOWN_SUBPROCESSES)
-    generation = wf.__dict__.get(_GENERATION, 0)
-    if wf.__dict__.get(_WALKED) == generation and len(wf.subprocesses) == len(known_sps):
-        return {}, set()  # nothing changed since the last walk: it found everything there is
-    stack = list(old.values())
-    for sp_id, sp in wf.subprocesses.items():
-        if sp_id not in known_sps:
-            stack.append((str(sp_id), sp.task_tree))
-    visited: Frontier = {}
-    dropped: set[UUID] = set()
-    forced: Frontier = getattr(wf, _FORCED, None) or {}
-    while stack:
-        key, task = stack.pop()
-        if task.id in visited:
+def touched_tasks(wf: BpmnWorkflow) -> None:
+    """Bring the frontier up to date with the tasks noted as changed or added since the last
+    time (and the tasks of subprocesses started since), and remember those tasks until the
+    command saves: a task that finished during an engine step has left the frontier but must
+    still be written."""
+    frontier = _frontier(wf)
+    changes: list[Task] = wf.__dict__[_CHANGES]
+    known_sps: set[UUID] = wf.__dict__[_KNOWN_SUBPROCESSES]
+    subprocesses = wf.subprocesses
+    new_sps = len(subprocesses) != len(known_sps) or not known_sps.issuperset(subprocesses)
+    if not changes and not new_sps:
+        return
+    if new_sps:
+        for sp_id, sp in subprocesses.items():
+            if sp_id not in known_sps:
+                changes.extend(sp.tasks.values())
+        wf.__dict__[_KNOWN_SUBPROCESSES] = set(subprocesses)
+    touched: Frontier = wf.__dict__.setdefault(_TOUCHED, {})
+    for task in changes:
+        tid = task.id
+        if task.workflow.tasks.get(tid) is not task:
+            frontier.pop(tid, None)  # removed since (its removal was noted as dropped)
             continue
-        if task.workflow.tasks.get(task.id) is not task:
-            dropped.add(task.id)
-            # Its parent's list of children changed, even if the parent finished long ago.
-            parent = task.workflow.tasks.get(task._parent) if task._parent is not None else None
-            if parent is not None:
-                forced[parent.id] = (key, parent)
-            continue
-        visited[task.id] = (key, task)
-        for child_id in task._children:
-            child = task.workflow.tasks.get(child_id)
-            if child is not None:
-                stack.append((key, child))
-    setattr(wf, _FRONTIER, {tid: v for tid, v in visited.items() if not v[1].has_state(TaskState.FINISHED_MASK)})
-    setattr(wf, _KNOWN_SUBPROCESSES, set(wf.subprocesses))
-    # Remember everything seen until the command saves: a task that finished during an
-    # engine step has left the frontier but must still be written.
-    touched: Frontier = getattr(wf, _TOUCHED, None) or {}
-    touched.update(visited)
-    setattr(wf, _TOUCHED, touched)
-    gone: set[UUID] = getattr(wf, _DROPPED, None) or set()
-    gone.update(dropped - visited.keys())
-    setattr(wf, _DROPPED, gone)
-    setattr(wf, _FORCED, forced)
-    wf.__dict__[_WALKED] = generation
-    return visited, dropped - visited.keys()
+        entry = touched.get(tid)
+        if entry is None:
+            entry = touched[tid] = (_workflow_key(task), task)
+        if task.has_state(TaskState.FINISHED_MASK):
+            frontier.pop(tid, None)
+        else:
+            frontier[tid] = entry
+    changes.clear()
+
+
+def frontier_known(wf: BpmnWorkflow) -> dict[UUID, str] | None:
+    """The unfinished tasks (id -> workflow key) the engine keeps for ``wf``, brought up to
+    date (None before the frontier is taken); tests compare it with a full scan."""
+    if wf.__dict__.get(_FRONTIER) is None:
+        return None
+    touched_tasks(wf)
+    return {tid: key for tid, (key, _) in wf.__dict__[_FRONTIER].items()}
 
 
 def waiting_known(wf: BpmnWorkflow) -> set[UUID] | None:
@@ -301,11 +321,11 @@ def waiting_known(wf: BpmnWorkflow) -> set[UUID] | None:
 
 
 def reset_frontier(wf: BpmnWorkflow) -> None:
-    """Forget the frontier after an operation that may touch finished tasks (reset, retry)."""
-    if hasattr(wf, _FRONTIER):
-        delattr(wf, _FRONTIER)
-    wf.__dict__.pop(_WALKED, None)
-    wf.__dict__.pop(_WAITING, None)
+    """Forget the frontier after an operation that may touch finished tasks (reset, retry);
+    the next look scans the whole case. What was noted so far is kept for the save."""
+    touched_tasks(wf)
+    for name in (_FRONTIER, _WAITING, _CHANGES):
+        wf.__dict__.pop(name, None)
 
 
 def run_engine_steps(wf: BpmnWorkflow, did_complete: Callable[[Task], None] | None = None) -> None:
@@ -365,7 +385,7 @@ def _update_waiting_tasks(self: Any) -> None:
     # SpiffWorkflow re-checks every WAITING task after each completion by walking the whole
     # tree; with a frontier the waiting tasks are found among the unfinished ones.
     top = self.top_workflow if isinstance(self, BpmnSubWorkflow) else self
-    if getattr(top, _FRONTIER, None) is None:
+    if top.__dict__.get(_FRONTIER) is None:
         _spiff_update_waiting_tasks(self)
         return
     if not top.__dict__.get(_WAITING, True):
@@ -497,7 +517,7 @@ def task_body(task: Task) -> str:
     if parent is None:
         head, data_json, delta_json = '"parent":null', _ENCODE(task.data), "{}"
     else:
-        head, data_json = f'"parent":"{pid}"', "{}"
+        head, data_json = f'"parent":"{task_key(parent)}"', "{}"
         data, parent_data = task.data, parent.data
         if not data and not parent_data:
             delta_json = _NO_DELTA
@@ -509,7 +529,7 @@ def task_body(task: Task) -> str:
     changed = task.last_state_change
     changed_json = repr(changed) if type(changed) is float else _ENCODE(changed)
     children = ",".join([f'"{c}"' for c in task._children])
-    return (f'{{"id":"{task.id}",{head},"children":[{children}],"last_state_change":{changed_json},'
+    return (f'{{"id":"{task_key(task)}",{head},"children":[{children}],"last_state_change":{changed_json},'
             f'"state":{int(task._state)},"task_spec":{_quote(task.task_spec.name)},'
             f'"triggered":{"true" if task.triggered else "false"},"internal_data":{internal_json},'
             f'"data":{data_json},"delta":{delta_json},"typename":"Task"}}')
@@ -618,14 +638,14 @@ def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str],
     did not change (the predicted tasks further down a process) is not written again.
     """
     touched_tasks(wf)
-    visited: Frontier = getattr(wf, _TOUCHED, None) or {}
+    visited: Frontier = wf.__dict__.get(_TOUCHED) or {}
     for tid, entry in _frontier(wf).items():  # unfinished tasks are always rewritten
         visited.setdefault(tid, entry)
-    dropped: set[UUID] = getattr(wf, _DROPPED, None) or set()
-    forced: Frontier = getattr(wf, _FORCED, None) or {}
-    setattr(wf, _TOUCHED, {})
-    setattr(wf, _DROPPED, set())
-    setattr(wf, _FORCED, {})
+    dropped: set[UUID] = wf.__dict__.get(_DROPPED) or set()
+    forced: Frontier = wf.__dict__.get(_FORCED) or {}
+    wf.__dict__[_TOUCHED] = {}
+    wf.__dict__[_DROPPED] = set()
+    wf.__dict__[_FORCED] = {}
     for tid, entry in forced.items():
         visited.setdefault(tid, entry)
     dirty: list[tuple[str, Task]] = []
@@ -634,7 +654,7 @@ def changed_tasks(wf: BpmnWorkflow, since: float, saved: set[str],
         if task.workflow.tasks.get(task.id) is not task:
             dropped.add(task.id)
             continue
-        tid = str(task.id)
+        tid = task_key(task)
         if tid not in saved:
             new[task.id] = (key, task)
         elif task.last_state_change >= since or task.id in forced:

@@ -63,6 +63,11 @@ def _task_rows_as_spiffworkflow_writes_them(monkeypatch: pytest.MonkeyPatch) -> 
     changed = spiff.changed_tasks
 
     def changed_checked(wf: Any, *args: Any) -> Any:
+        # ... and its unfinished tasks from the changes SpiffWorkflow reports, without walking.
+        frontier = spiff.frontier_known(wf)
+        if frontier is not None:
+            unfinished = {t.id: key for key, t in spiff.all_tasks(wf) if not t.has_state(spiff.TaskState.FINISHED_MASK)}
+            assert frontier == unfinished, f"unfinished tasks kept {frontier}, found {unfinished}"
         known = spiff.waiting_known(wf)
         if known is not None:
             actual = {t.id for _, t in spiff.all_tasks(wf) if t.state == spiff.TaskState.WAITING}
