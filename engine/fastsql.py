@@ -53,6 +53,32 @@ class Statement:
         cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
 
 
+class Rows:
+    """Many rows written by one statement: ``executemany`` on SQLite (its loop is C), and on
+    PostgreSQL one multi-row VALUES statement: psycopg spends more per statement than the
+    server spends per row. ``values`` is the row's VALUES tuple with ``:name`` parameters and
+    ``head``/``tail`` the statement around the list of tuples."""
+
+    def __init__(self, statement: Statement, head: str, values: str, tail: str = "") -> None:
+        self.statement = statement
+        self.head, self.tail = " ".join(head.split()), " ".join(tail.split())
+        self.names = re.findall(r":(\w+)", values)
+        self.values = re.sub(r":(\w+)", "%s", values)
+        self._sql: dict[int, str] = {}
+
+    def write(self, tx: Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        if tx.sqlite or len(rows) == 1:
+            self.statement.executemany(tx, rows)
+            return
+        sql = self._sql.get(len(rows))
+        if sql is None:
+            sql = self._sql[len(rows)] = f"{self.head} VALUES {', '.join([self.values] * len(rows))} {self.tail}"
+        names = self.names
+        tx.cursor.execute(sql, [v for r in rows for v in (r[n] for n in names)])
+
+
 def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, Mapping[str, Any]]]) -> list[list[Any]]:
     """Run several SELECTs and return each one's rows. On PostgreSQL inside a command they go
     as one pipeline (a single round trip), each on a cursor of its own."""

@@ -30,7 +30,7 @@ from .audit import clock as audit_clock
 from .audit import recorded
 from .db import Transaction
 from .errors import Conflict, HandlerMissing, NotFound
-from .fastsql import Statement, fetch_all, parse_json, parse_time
+from .fastsql import Rows, Statement, fetch_all, parse_json, parse_time
 from .history import COMMAND_EVENT_TYPES, GENESIS, canonical, chain_hash
 from .identity import SYSTEM, Actor, task_groups
 from .models import (
@@ -226,6 +226,10 @@ _UPSERT_TASKS = Statement(
     "VALUES (:case_id, :task_id, :seq, :workflow, :state, :body) "
     "ON CONFLICT (case_id, task_id) DO UPDATE SET workflow = excluded.workflow, state = excluded.state, "
     "body = excluded.body")
+_WRITE_TASKS = Rows(_UPSERT_TASKS, "INSERT INTO case_tasks (case_id, task_id, seq, workflow, state, body)",
+                    "(:case_id, :task_id, :seq, :workflow, :state, :body)",
+                    "ON CONFLICT (case_id, task_id) DO UPDATE SET workflow = excluded.workflow, "
+                    "state = excluded.state, body = excluded.body")
 _DELETE_TASK = Statement("DELETE FROM case_tasks WHERE case_id = :case_id AND task_id = :task_id")
 _DELETE_OPEN = Statement("DELETE FROM open_tasks WHERE id = :id")  # candidates go with it (ON DELETE CASCADE)
 _INSERT_OPEN = Statement(
@@ -238,6 +242,9 @@ _INSERT_EVENT = Statement(
     "INSERT INTO case_events (case_id, seq, type, at, actor, task_id, task, payload, prev_hash, hash) "
     "VALUES (:case_id, :seq, :type, :at, :actor, :task_id, :task, :payload, :prev_hash, :hash)",
     time_params=("at",))  # payload: JSON text already
+_WRITE_EVENTS = Rows(_INSERT_EVENT,
+                     "INSERT INTO case_events (case_id, seq, type, at, actor, task_id, task, payload, prev_hash, hash)",
+                     "(:case_id, :seq, :type, :at, :actor, :task_id, :task, :payload, :prev_hash, :hash)")
 # Loading a case that is not in the cache (another process changed it, or it was evicted).
 _LOAD_TASKS = Statement("SELECT workflow, body, task_id FROM case_tasks WHERE case_id = :case_id ORDER BY seq")
 _LOAD_CANDIDATES = Statement(
@@ -462,10 +469,13 @@ class Runtime:
             return cached
         version = self.specs.get(source, case.process_version_id)
         key = {"case_id": case.id}
-        rows, candidates, open_rows, timer_rows, sub_rows = fetch_all(source, [
-            (_LOAD_TASKS, key), (_LOAD_CANDIDATES, key), (_LOAD_OPEN, key), (_LOAD_TIMERS, key),
-            (_LOAD_SUBSCRIPTIONS, key)])
-        wf = spiff.restore_workflow(version.spec, version.subprocess_specs, case.state,
+        header = json.loads(case.state)
+        queries = [(_LOAD_TASKS, key), (_LOAD_CANDIDATES, key), (_LOAD_OPEN, key)]
+        if spiff.header_waits(header):  # timer and subscription rows exist only for waiting tasks
+            queries += [(_LOAD_TIMERS, key), (_LOAD_SUBSCRIPTIONS, key)]
+        rows, candidates, open_rows, *waiting = fetch_all(source, queries)
+        timer_rows, sub_rows = waiting or ([], [])
+        wf = spiff.restore_workflow(version.spec, version.subprocess_specs, header,
                                     [(r[0], r[1]) for r in rows], self.specs.script_engine())
         groups: dict[str, list[str]] = {}
         for tid, group in candidates:
@@ -547,7 +557,7 @@ class Runtime:
         case.tasks = self.open_task_dicts(cmd)
         # Writes whose results nobody reads: one round trip on PostgreSQL.
         with cmd.tx.batch():
-            _UPSERT_TASKS.executemany(cmd.tx, rows)
+            _WRITE_TASKS.write(cmd.tx, rows)
             _DELETE_TASK.executemany(cmd.tx, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
             self._write_events(cmd)
             data_changed = case.data != old_data
@@ -655,7 +665,7 @@ class Runtime:
                          "actor": ev["actor"], "task_id": ev["task_id"], "task": ev["task"], "payload": payload,
                          "prev_hash": prev, "hash": h})
             prev = h
-        _INSERT_EVENT.executemany(cmd.tx, rows)
+        _WRITE_EVENTS.write(cmd.tx, rows)
         case.last_hash = prev
 
     # --- what a command returns -------------------------------------------------------------

@@ -554,6 +554,9 @@ def _workflow_header(wf: Any) -> dict[str, Any]:
 def workflow_header(wf: BpmnWorkflow) -> str:
     header = _workflow_header(wf)
     header["bpmn_events"] = REGISTRY.convert(wf.bpmn_events)
+    # Whether any task waits for an event (a timer, a message): a case loaded from its rows
+    # reads its timer and subscription rows only then (see header_waits).
+    header["waits"] = bool(wf.event_manager.tasks)
     header["subprocesses"] = {}
     for sp_id, sp in wf.subprocesses.items():
         sub = _workflow_header(sp)
@@ -561,6 +564,12 @@ def workflow_header(wf: BpmnWorkflow) -> str:
         sub["spec"] = sp.spec.name
         header["subprocesses"][str(sp_id)] = sub
     return _ENCODE(header)
+
+
+def header_waits(header: dict[str, Any]) -> bool:
+    """False when the saved case had no task waiting for an event, so it has no pending timer
+    or message subscription rows; True when it had, or the header predates the flag."""
+    return header.get("waits", True) is not False
 
 
 def _apply_header(wf: Any, header: dict[str, Any]) -> None:
@@ -576,12 +585,13 @@ def _apply_header(wf: Any, header: dict[str, Any]) -> None:
 def restore_workflow(
     spec: Any,
     subprocess_specs: dict[str, Any],
-    header_json: str,
+    header_json: str | dict[str, Any],
     rows: list[tuple[str, str]],
     script_engine: PythonScriptEngine,
 ) -> BpmnWorkflow:
-    """Rebuild a workflow from its header and its task rows (in creation order)."""
-    header = json.loads(header_json)
+    """Rebuild a workflow from its header (JSON, or already parsed) and its task rows (in
+    creation order)."""
+    header = json.loads(header_json) if isinstance(header_json, str) else header_json
     wf = BpmnWorkflow(spec, subprocess_specs, script_engine=script_engine, deserializing=True)
     wf.tasks = {}
     by_workflow: dict[str, list[dict[str, Any]]] = {}

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from engine import SYSTEM, Conflict, DeploymentInvalid, Forbidden, FormInvalid, NotFound, WorkflowEngine, spiff
-from engine.models import CaseEvent, CaseTask, OpenTask, OutboxMessage, Timer
+from engine.models import Case, CaseEvent, CaseTask, MessageSubscription, OpenTask, OutboxMessage, Timer
 
 REGISTER = {"customer": "Wang Fang", "severity": "low", "email": "wang@example.com"}
 FIX = {"fixed": True, "parts": [{"part": "compressor", "quantity": 1}]}
@@ -310,3 +310,27 @@ def test_assignee_property_routes_the_task_to_one_user(engine: WorkflowEngine, u
     with pytest.raises(DeploymentInvalid) as info:
         engine.deploy([("routed.bpmn", bad.encode())], SYSTEM)
     assert info.value.errors[0]["element"] == "visit"
+
+
+def test_a_case_loaded_from_its_rows_reads_timers_and_subscriptions_only_when_it_waits(
+        engine: WorkflowEngine, calls: Any) -> None:
+    calls.fail = False
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    waiting = engine.start_case("waiting", {"ref": "R-1", "item": "P-1", "deadline": deadline}, SYSTEM)
+    waiting = engine.complete_task(waiting["tasks"][0]["id"], {}, SYSTEM)
+    plain = engine.start_case("sample", {}, SYSTEM)
+    headers = {}
+    with engine.db.read() as s:
+        for c in (waiting, plain):
+            headers[c["id"]] = json.loads(s.get(Case, c["id"]).state)
+    assert spiff.header_waits(headers[waiting["id"]]) and not spiff.header_waits(headers[plain["id"]])
+    assert spiff.header_waits({})  # a header from before the flag: read them
+
+    engine.reset_caches()  # both come back from their rows
+    assert engine.deliver_message("customer_reply", {"ref": "R-1"}, {"reply": "ok"}, SYSTEM) == [waiting["id"]]
+    with engine.db.read() as s:  # the answered case's timer went with the answer: it was loaded
+        assert s.scalar(select(func.count()).select_from(Timer).where(Timer.case_id == waiting["id"])) == 0
+        assert s.scalar(select(func.count()).select_from(MessageSubscription)
+                        .where(MessageSubscription.case_id == waiting["id"])) == 0
+    engine.reset_caches()
+    assert_state_matches_database(engine, engine.complete_task(plain["tasks"][0]["id"], REGISTER, SYSTEM)["id"])
