@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -140,6 +140,7 @@ class Command:
     events: list[dict[str, Any]] = field(default_factory=list)
     incident: dict[str, Any] | None = None
     started: float = 0.0
+    first: list[Any] | None = None  # rows of the statement sent with the lock (Runtime.execute)
     loaded: tuple[Any, ...] = ()  # the header's data, status and ended_at as read, before the change
 
     def __post_init__(self) -> None:
@@ -289,10 +290,25 @@ class Runtime:
 
     # --- the door ---------------------------------------------------------------------------
 
-    def execute(self, case_id: int, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
-        """Run ``apply`` on the case under its lock and persist everything in one transaction."""
+    def execute(self, case_id: int, actor: Actor, apply: Callable[[Command], Any],
+                first: tuple[Statement, Mapping[str, Any]] | None = None) -> tuple[CaseRow, Any]:
+        """Run ``apply`` on the case under its lock and persist everything in one transaction.
+
+        ``first`` is a statement to run right after the lock, sent with it (on PostgreSQL the
+        transaction's BEGIN, the lock and this statement are one round trip); ``apply`` finds
+        its rows in ``cmd.first``."""
         with self.db.command() as tx:
-            cmd, result = self._execute_locked(tx, case_id, actor, apply)
+            row = None
+            if self.db.is_sqlite:  # BEGIN IMMEDIATE holds the lock already
+                row = _SELECT_CASE.execute(tx, {"id": case_id}).fetchone()
+                found = first[0].execute(tx, first[1]).fetchall() if first is not None else None
+            else:
+                results = fetch_all(tx, [(_SELECT_CASE_LOCKED, {"id": case_id}), *([first] if first else [])])
+                row = results[0][0] if results[0] else None
+                found = results[1] if first is not None else None
+            if row is None:
+                raise NotFound(f"case {case_id} not found")
+            cmd, result = self._execute_locked(tx, case_id, actor, apply, row, found)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
@@ -300,9 +316,10 @@ class Runtime:
     def execute_for_task(self, task_id: str, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
         """Like ``execute`` for the case that holds the open task ``task_id``."""
         with self.db.command() as tx:
-            # The case row comes with the lookup (locked on PostgreSQL): one statement, not two.
+            # The case row comes with the lookup (locked on PostgreSQL, and sent with the BEGIN).
             stmt = _SELECT_CASE_OF_OPEN_TASK if self.db.is_sqlite else _SELECT_CASE_OF_OPEN_TASK_LOCKED
-            found = stmt.execute(tx, {"id": task_id}).fetchone()
+            [rows] = fetch_all(tx, [(stmt, {"id": task_id})])
+            found = rows[0] if rows else None
             case_id = found[0] if found else None
             if case_id is None:
                 known = tx.connection.execute(
@@ -326,18 +343,14 @@ class Runtime:
         self.cache.put(case_id, live)
 
     def _execute_locked(self, tx: Transaction, case_id: int, actor: Actor,
-                        apply: Callable[[Command], Any], row: Any = None) -> tuple[Command, Any]:
-        if row is None:
-            stmt = _SELECT_CASE if self.db.is_sqlite else _SELECT_CASE_LOCKED  # SQLite: BEGIN IMMEDIATE locks
-            row = stmt.execute(tx, {"id": case_id}).fetchone()
-        if row is None:
-            raise NotFound(f"case {case_id} not found")
+                        apply: Callable[[Command], Any], row: Any, first: list[Any] | None = None,
+                        ) -> tuple[Command, Any]:
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
         case.data = parse_json(case.data) or {}
         case.created_at, case.updated_at, case.ended_at = (
             parse_time(case.created_at), parse_time(case.updated_at), parse_time(case.ended_at))
         live = self._load(tx, case)
-        cmd = Command(tx, case, live, actor, utcnow(), started=spiff.now_ts())
+        cmd = Command(tx, case, live, actor, utcnow(), started=spiff.now_ts(), first=first)
         # On any exception the half-changed workflow is dropped (it was taken out of the
         # cache) and the rollback leaves the database as the truth.
         result = self._run(cmd, apply)
@@ -569,6 +582,7 @@ class Runtime:
                 "lock_version": case.lock_version, "task_seq": case.task_seq, "event_seq": case.event_seq,
                 "last_hash": case.last_hash, "updated_at": case.updated_at, "ended_at": case.ended_at,
             })
+            cmd.tx.commit_with_batch()  # nothing writes after this in a command
 
     @staticmethod
     def _route(cmd: Command, task: Task, expression: str | None) -> str | None:

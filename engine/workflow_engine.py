@@ -325,7 +325,7 @@ class WorkflowEngine:
                 case_id = timer.case_id
 
         def apply(cmd: Command) -> bool:
-            row = _MARK_TIMER_FIRED.execute(cmd.tx, {"id": timer_id, "now": cmd.now}).fetchone()
+            row = cmd.first[0] if cmd.first else None
             if row is None:  # gone with its task, or already fired by another worker
                 return False
             task_id, kind, due_at = row[0], row[1], parse_time(row[2])
@@ -339,7 +339,10 @@ class WorkflowEngine:
                 cmd.live.timers.discard((task_id, due_at))
             return fired
 
-        _, fired = self.runtime.execute(case_id, actor, apply)
+        # Marked fired with the case's lock, in the same round trip; fired_at is when the firing
+        # command began.
+        _, fired = self.runtime.execute(case_id, actor, apply, first=(_MARK_TIMER_FIRED, {"id": timer_id,
+                                                                                          "now": utcnow()}))
         return bool(fired)
 
     def fire_due_timers(self, now: dt.datetime | None = None, limit: int = 500) -> int:

@@ -334,3 +334,23 @@ def test_a_case_loaded_from_its_rows_reads_timers_and_subscriptions_only_when_it
                         .where(MessageSubscription.case_id == waiting["id"])) == 0
     engine.reset_caches()
     assert_state_matches_database(engine, engine.complete_task(plain["tasks"][0]["id"], REGISTER, SYSTEM)["id"])
+
+
+def test_a_failing_last_write_leaves_the_case_as_it_was(engine: WorkflowEngine) -> None:
+    """The command's final writes go with its COMMIT on PostgreSQL: one failing write must
+    still take the whole command back."""
+    case = engine.start_case("sample", {}, SYSTEM)
+    with engine.db.write() as s:
+        row = s.get(Case, case["id"])
+        before = (row.lock_version, row.event_seq, row.state)
+        # The next event's position is taken already: the command's event insert must fail.
+        s.add(CaseEvent(case_id=case["id"], seq=row.event_seq + 1, type="note", at=dt.datetime.now(dt.UTC),
+                        actor="x", payload={}, prev_hash="0", hash="0"))
+    with pytest.raises(Exception):  # noqa: B017 - the database's own integrity error
+        engine.complete_task(case["tasks"][0]["id"], REGISTER, SYSTEM)
+    engine.reset_caches()
+    with engine.db.read() as s:
+        row = s.get(Case, case["id"])
+        assert (row.lock_version, row.event_seq, row.state) == before
+        assert s.scalar(select(func.count()).select_from(OpenTask).where(OpenTask.case_id == case["id"])) == 1
+    assert engine.get_case(case["id"], SYSTEM)["tasks"][0]["spec"] == "register"
