@@ -250,8 +250,11 @@ def worker_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     db = Database(args.url)
-    worker = TimerWorker(build_engine(db), args.name, lease=30.0, sweep=5.0, threads=args.threads,
-                         preload=args.preload)
+    engine = build_engine(db)
+    from engine.process import tune_garbage_collector
+
+    tune_garbage_collector()  # as create_app() does for `aftercare worker`
+    worker = TimerWorker(engine, args.name, lease=30.0, sweep=5.0, threads=args.threads, preload=args.preload)
     worker.start()
     while not Path(args.stop_file).exists():
         time.sleep(0.1)
