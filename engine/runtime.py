@@ -298,7 +298,6 @@ class Runtime:
         transaction's BEGIN, the lock and this statement are one round trip); ``apply`` finds
         its rows in ``cmd.first``."""
         with self.db.command() as tx:
-            row = None
             if self.db.is_sqlite:  # BEGIN IMMEDIATE holds the lock already
                 row = _SELECT_CASE.execute(tx, {"id": case_id}).fetchone()
                 found = first[0].execute(tx, first[1]).fetchall() if first is not None else None
@@ -308,7 +307,7 @@ class Runtime:
                 found = results[1] if first is not None else None
             if row is None:
                 raise NotFound(f"case {case_id} not found")
-            cmd, result = self._execute_locked(tx, case_id, actor, apply, row, found)
+            cmd, result = self._execute_locked(tx, actor, apply, row, found)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
@@ -327,7 +326,7 @@ class Runtime:
                 if known is None:
                     raise NotFound(f"task {task_id} not found")
                 raise Conflict(f"task {task_id} is not open")
-            cmd, result = self._execute_locked(tx, case_id, actor, apply, found)
+            cmd, result = self._execute_locked(tx, actor, apply, found)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
@@ -342,9 +341,9 @@ class Runtime:
             live = self._load(session, CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True))))
         self.cache.put(case_id, live)
 
-    def _execute_locked(self, tx: Transaction, case_id: int, actor: Actor,
-                        apply: Callable[[Command], Any], row: Any, first: list[Any] | None = None,
-                        ) -> tuple[Command, Any]:
+    def _execute_locked(self, tx: Transaction, actor: Actor, apply: Callable[[Command], Any], row: Any,
+                        first: list[Any] | None = None) -> tuple[Command, Any]:
+        """Run ``apply`` on the locked case whose header is ``row``."""
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
         case.data = parse_json(case.data) or {}
         case.created_at, case.updated_at, case.ended_at = (
