@@ -61,7 +61,7 @@ def searched_paths() -> list[tuple[str, ...]]:
 
 
 def data_field(dialect: str, path: str | tuple[str, ...]) -> ColumnElement[Any]:
-    """``cases.data`` at ``path`` as text, spelled exactly like the index expression so the index is used."""
+    """``cases.data`` at ``path`` as text (for showing it; searching goes through ``case_search``)."""
     keys = (path,) if isinstance(path, str) else path
     if not all(_KEY.match(k) for k in keys):
         raise ValueError(f"not a searchable key: {path}")
