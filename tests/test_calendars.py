@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.calendars import (
@@ -343,12 +343,18 @@ def test_result_is_a_working_moment_or_an_interval_end(
 
 @PROPERTY
 @given(CALENDARS, STARTS, GAPS, AMOUNTS, AMOUNTS)
+# The repeated hour of New York's autumn change: 01:00 the second time (fold=1).
+@example(OPEN, datetime(2026, 11, 1, 1, 0, fold=1, tzinfo=ZoneInfo("America/New_York")), timedelta(0),
+         timedelta(0), timedelta(0))
 def test_monotonic(
     cal: BusinessCalendar, start: datetime, gap: timedelta, first: timedelta, second: timedelta
 ) -> None:
     small, large = sorted((first, second))
     assert cal.add_working_time(start, small) <= cal.add_working_time(start, large)
-    assert cal.add_working_time(start, small) <= cal.add_working_time(start + gap, small)
+    # Later in absolute time: aware datetime arithmetic is wall-clock arithmetic and drops
+    # ``fold``, so ``start + gap`` can be an hour earlier in a zone's repeated autumn hour.
+    later = start.astimezone(UTC) + gap
+    assert cal.add_working_time(start, small) <= cal.add_working_time(later, small)
 
 
 @PROPERTY
