@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from psycopg.adapt import Transformer
+from psycopg.pq import Escaping
 from sqlalchemy.orm import Session
 
 from .db import Transaction
@@ -25,8 +28,17 @@ class Statement:
     def __init__(self, sql: str, json_params: Iterable[str] = (), time_params: Iterable[str] = ()) -> None:
         self.sql = " ".join(sql.split())
         self._pg = re.sub(r":(\w+)", r"%(\1)s", self.sql)
+        # For scripts (PostgreSQL): the text with a slot per parameter for its literal.
+        self._names = re.findall(r":(\w+)", self.sql)
+        self._slots = re.sub(r":(\w+)", "%s", self.sql.replace("%", "%%")).encode()
         self.json_params = frozenset(json_params)
         self.time_params = frozenset(time_params)
+
+    def render(self, params: Mapping[str, Any], literal: Callable[[Any], bytes]) -> bytes:
+        """The statement with its parameters written in as SQL literals."""
+        if self.json_params:
+            params = self._bind(params, False)
+        return self._slots % tuple([literal(params[n]) for n in self._names])
 
     def _bind(self, params: Mapping[str, Any], sqlite: bool) -> Mapping[str, Any]:
         if not self.json_params and not (sqlite and self.time_params):
@@ -42,12 +54,21 @@ class Statement:
         return out
 
     def execute(self, session: Session | Transaction, params: Mapping[str, Any]) -> Any:
+        """Run the statement and return the driver's cursor; inside a PostgreSQL ``batch()`` it
+        joins the batch's script instead (no result to read)."""
+        if isinstance(session, Transaction) and session.script is not None:
+            session.script.append(self.render(params, literal_writer(session)))
+            return None
         cur, sqlite = _cursor(session)
         cur.execute(self.sql if sqlite else self._pg, self._bind(params, sqlite))
         return cur
 
     def executemany(self, session: Session | Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
+            return
+        if isinstance(session, Transaction) and session.script is not None:
+            literal = literal_writer(session)
+            session.script.extend([self.render(r, literal) for r in rows])
             return
         cur, sqlite = _cursor(session)
         cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
@@ -64,10 +85,22 @@ class Rows:
         self.head, self.tail = " ".join(head.split()), " ".join(tail.split())
         self.names = re.findall(r":(\w+)", values)
         self.values = re.sub(r":(\w+)", "%s", values)
+        self._slots = " ".join(self.values.replace("%s", "\0").replace("%", "%%").replace("\0", "%s").split()).encode()
+        self._head, self._tail = self.head.replace("%", "%%").encode(), self.tail.replace("%", "%%").encode()
         self._sql: dict[int, str] = {}
 
     def write(self, tx: Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
+            return
+        if tx.script is not None:
+            if len(rows) == 1:
+                self.statement.executemany(tx, rows)
+                return
+            literal = literal_writer(tx)
+            names, slots, bind = self.names, self._slots, self.statement._bind
+            tuples = b", ".join([slots % tuple([literal(r[n]) for n in names])
+                                 for r in (bind(row, False) for row in rows)])
+            tx.script.append(b"%s VALUES %s %s" % (self._head, tuples, self._tail))
             return
         if tx.sqlite or len(rows) == 1:
             self.statement.executemany(tx, rows)
@@ -80,18 +113,44 @@ class Rows:
 
 
 def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, Mapping[str, Any]]]) -> list[list[Any]]:
-    """Run several SELECTs and return each one's rows. On PostgreSQL inside a command they go
-    as one pipeline (a single round trip), each on a cursor of its own."""
+    """Run several statements and return each one's rows. On PostgreSQL inside a command they
+    go as one script (a single round trip), with the BEGIN when the transaction has none yet."""
     if isinstance(source, Transaction) and not source.sqlite:
-        driver = source.connection.connection.driver_connection
-        with source.batch():
-            cursors = []
-            for stmt, params in queries:
-                cur = driver.cursor()  # type: ignore[union-attr]
-                cur.execute(stmt._pg, stmt._bind(params, False))
-                cursors.append(cur)
-            return [cur.fetchall() for cur in cursors]
+        literal = literal_writer(source)
+        results = source.run_script([stmt.render(params, literal) for stmt, params in queries])
+        loader = Transformer(source.driver)
+        rows = []
+        for res in results:
+            loader.set_pgresult(res)
+            rows.append(loader.load_rows(0, res.ntuples, tuple))
+        return rows
     return [stmt.execute(source, params).fetchall() for stmt, params in queries]
+
+
+def literal_writer(tx: Transaction) -> Callable[[Any], bytes]:
+    """SQL literals for the values fixed statements take, quoted by libpq for this connection
+    (``PQescapeLiteral``); a value of any other type is an error, not a guess."""
+    escape = Escaping(tx.driver.pgconn).escape_literal
+
+    def literal(value: Any) -> bytes:
+        if value is None:
+            return b"NULL"
+        kind = type(value)
+        if kind is str:
+            return escape(value.encode())  # type: ignore[no-any-return]
+        if kind is int:
+            return b"%d" % value
+        if kind is bool:
+            return b"true" if value else b"false"
+        if kind is dt.datetime or kind is dt.date:
+            return escape(value.isoformat().encode())  # type: ignore[no-any-return]
+        if kind is float:
+            return b"%r" % value if math.isfinite(value) else b"'%r'::float8" % value
+        if isinstance(value, int) and not isinstance(value, bool):  # e.g. an IntEnum (task states)
+            return b"%d" % value
+        raise TypeError(f"no SQL literal for a value of type {kind.__name__}")
+
+    return literal
 
 
 def _cursor(session: Session | Transaction) -> tuple[Any, bool]:
