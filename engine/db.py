@@ -4,11 +4,13 @@ PostgreSQL; plus the Alembic migration entry point."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,13 +51,17 @@ class Database:
             self.engine = _sqlite_engine(url, immediate=True, echo=echo, autocheckpoint=autocheckpoint)
             self.read_engine = _sqlite_engine(url, immediate=False, echo=echo, autocheckpoint=autocheckpoint)
         else:
-            self.engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20)
+            # psycopg's own statement preparing is off: it answers a ROLLBACK (to a savepoint,
+            # too) with DEALLOCATE ALL, which would drop the statements commands prepare
+            # themselves (Transaction.prepared); those are the ones that run all the time.
+            self.engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20,
+                                        connect_args={"prepare_threshold": None})
             _ping_when_idle(self.engine)
             self.read_engine = self.engine
             # Single reads (``query()``) in autocommit: no BEGIN and COMMIT round trips. A pool of
             # its own, so connections never switch modes (switching costs more than it saves).
             self._query_engine = create_engine(url, echo=echo, pool_size=5, max_overflow=20,
-                                               isolation_level="AUTOCOMMIT")
+                                               isolation_level="AUTOCOMMIT", connect_args={"prepare_threshold": None})
             _ping_when_idle(self._query_engine)
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
@@ -125,7 +131,7 @@ class Transaction:
     connection for handlers and projections, created on first use. Opening a session costs
     more than the few rows a command writes."""
 
-    __slots__ = ("_connection", "_engine", "_pooled", "cursor", "sqlite", "info", "_session", "script")
+    __slots__ = ("_connection", "_engine", "_pooled", "cursor", "sqlite", "info", "_session", "script", "_prepare")
 
     def __init__(self, connection: Connection | None, sqlite: bool, engine: Engine | None = None,
                  pooled: Any = None) -> None:
@@ -140,6 +146,7 @@ class Transaction:
         self._session: Session | None = None
         # PostgreSQL, inside ``batch()``: the statements written so far, sent when the block ends.
         self.script: list[bytes] | None = None
+        self._prepare: dict[bytes, bytes] = {}  # statements to prepare before the next script: text -> name
 
     @property
     def connection(self) -> Connection:
@@ -181,6 +188,17 @@ class Transaction:
     def driver(self) -> Any:
         return self._pooled.driver_connection
 
+    def prepared(self, sql: bytes) -> bytes | None:
+        """PostgreSQL: the name of ``sql`` (with ``$n`` parameters) prepared on this connection,
+        prepared before the next script if it is new; None once the connection holds
+        ``PREPARED_MAX`` statements. A prepared statement skips parsing and planning, the
+        server's larger share of a small statement's cost."""
+        known = _prepared_on(self.driver)
+        name = known.get(sql) or self._prepare.get(sql)
+        if name is None and len(known) + len(self._prepare) < PREPARED_MAX:
+            name = self._prepare[sql] = b"aftercare_%d" % next(_PREPARED_NAMES)
+        return name
+
     def run_script(self, statements: list[bytes]) -> list[Any]:
         """PostgreSQL: send complete statements (values already written in as literals) as one
         simple query and return each one's result. psycopg's cursors and pipelines cost tens
@@ -188,16 +206,25 @@ class Transaction:
         whole script costs about one statement. A transaction is begun first unless one is
         open (or the connection is in autocommit)."""
         conn = self.driver
+        if self._prepare:
+            # PREPARE outlives a rolled-back transaction: names are kept once the server has them.
+            pending, self._prepare = self._prepare, {}
+            self._send(conn, [b"PREPARE %s AS %s" % (name, sql) for sql, name in pending.items()])
+            _prepared_on(conn).update(pending)
+        begin = not conn.autocommit and conn.pgconn.transaction_status == _PG_IDLE
+        results = self._send(conn, [b"BEGIN", *statements] if begin else statements)
+        return results[1:] if begin else results
+
+    @staticmethod
+    def _send(conn: Any, statements: list[bytes]) -> list[Any]:
         pgconn = conn.pgconn
-        begin = not conn.autocommit and pgconn.transaction_status == _PG_IDLE
-        sql = b";\n".join([b"BEGIN", *statements] if begin else statements)
         with conn.lock:
-            pgconn.send_query(sql)
+            pgconn.send_query(b";\n".join(statements))
             results = conn.wait(_pg_execute(pgconn))
         for res in results:
             if res.status == _PG_FATAL_ERROR:
                 raise _pg_error(res, conn.info.encoding)
-        return results[1:] if begin else results
+        return results  # type: ignore[no-any-return]
 
     @property
     def session(self) -> Session:
@@ -214,6 +241,19 @@ class Transaction:
             self._session.info.update(self.info)
             self.info = self._session.info
         return self._session
+
+
+PREPARED_MAX = 500
+_PREPARED_NAMES = itertools.count(1)
+# Per driver connection (a reconnect is a new object, with nothing prepared): text -> name.
+_PREPARED: weakref.WeakKeyDictionary[Any, dict[bytes, bytes]] = weakref.WeakKeyDictionary()
+
+
+def _prepared_on(conn: Any) -> dict[bytes, bytes]:
+    known = _PREPARED.get(conn)
+    if known is None:
+        known = _PREPARED[conn] = {}
+    return known
 
 
 @contextlib.contextmanager

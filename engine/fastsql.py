@@ -31,14 +31,18 @@ class Statement:
         # For scripts (PostgreSQL): the text with a slot per parameter for its literal.
         self._names = re.findall(r":(\w+)", self.sql)
         self._slots = re.sub(r":(\w+)", "%s", self.sql.replace("%", "%%")).encode()
+        numbers = iter(range(1, len(self._names) + 1))
+        self._dollars = re.sub(r":(\w+)", lambda _: f"${next(numbers)}", self.sql).encode()
         self.json_params = frozenset(json_params)
         self.time_params = frozenset(time_params)
 
-    def render(self, params: Mapping[str, Any], literal: Callable[[Any], bytes]) -> bytes:
-        """The statement with its parameters written in as SQL literals."""
+    def render(self, params: Mapping[str, Any], literal: Callable[[Any], bytes], tx: Transaction) -> bytes:
+        """The statement for a script: ``EXECUTE`` of its prepared form with the parameters as
+        SQL literals (or the whole text with them written in, past the prepared limit)."""
         if self.json_params:
             params = self._bind(params, False)
-        return self._slots % tuple([literal(params[n]) for n in self._names])
+        values = [literal(params[n]) for n in self._names]
+        return _execute(tx, self._dollars, values) or self._slots % tuple(values)
 
     def _bind(self, params: Mapping[str, Any], sqlite: bool) -> Mapping[str, Any]:
         if not self.json_params and not (sqlite and self.time_params):
@@ -57,7 +61,7 @@ class Statement:
         """Run the statement and return the driver's cursor; inside a PostgreSQL ``batch()`` it
         joins the batch's script instead (no result to read)."""
         if isinstance(session, Transaction) and session.script is not None:
-            session.script.append(self.render(params, literal_writer(session)))
+            session.script.append(self.render(params, literal_writer(session), session))
             return None
         cur, sqlite = _cursor(session)
         cur.execute(self.sql if sqlite else self._pg, self._bind(params, sqlite))
@@ -68,7 +72,7 @@ class Statement:
             return
         if isinstance(session, Transaction) and session.script is not None:
             literal = literal_writer(session)
-            session.script.extend([self.render(r, literal) for r in rows])
+            session.script.extend([self.render(r, literal, session) for r in rows])
             return
         cur, sqlite = _cursor(session)
         cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
@@ -88,6 +92,15 @@ class Rows:
         self._slots = " ".join(self.values.replace("%s", "\0").replace("%", "%%").replace("\0", "%s").split()).encode()
         self._head, self._tail = self.head.replace("%", "%%").encode(), self.tail.replace("%", "%%").encode()
         self._sql: dict[int, str] = {}
+        self._dollars: dict[int, bytes] = {}
+
+    def _dollar_sql(self, n: int) -> bytes:
+        sql = self._dollars.get(n)
+        if sql is None:
+            numbers = iter(range(1, n * len(self.names) + 1))
+            tuples = re.sub(r"%s", lambda _: f"${next(numbers)}", ", ".join([self.values] * n))
+            sql = self._dollars[n] = " ".join(f"{self.head} VALUES {tuples} {self.tail}".split()).encode()
+        return sql
 
     def write(self, tx: Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -97,10 +110,13 @@ class Rows:
                 self.statement.executemany(tx, rows)
                 return
             literal = literal_writer(tx)
-            names, slots, bind = self.names, self._slots, self.statement._bind
-            tuples = b", ".join([slots % tuple([literal(r[n]) for n in names])
-                                 for r in (bind(row, False) for row in rows)])
-            tx.script.append(b"%s VALUES %s %s" % (self._head, tuples, self._tail))
+            names, bind = self.names, self.statement._bind
+            values = [literal(r[n]) for r in (bind(row, False) for row in rows) for n in names]
+            statement = _execute(tx, self._dollar_sql(len(rows)), values)
+            if statement is None:
+                slots = b", ".join([self._slots] * len(rows))
+                statement = b"%s VALUES %s %s" % (self._head, slots % tuple(values), self._tail)
+            tx.script.append(statement)
             return
         if tx.sqlite or len(rows) == 1:
             self.statement.executemany(tx, rows)
@@ -117,7 +133,7 @@ def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, 
     go as one script (a single round trip), with the BEGIN when the transaction has none yet."""
     if isinstance(source, Transaction) and not source.sqlite:
         literal = literal_writer(source)
-        results = source.run_script([stmt.render(params, literal) for stmt, params in queries])
+        results = source.run_script([stmt.render(params, literal, source) for stmt, params in queries])
         loader = Transformer(source.driver)
         rows = []
         for res in results:
@@ -125,6 +141,13 @@ def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, 
             rows.append(loader.load_rows(0, res.ntuples, tuple))
         return rows
     return [stmt.execute(source, params).fetchall() for stmt, params in queries]
+
+
+def _execute(tx: Transaction, sql: bytes, values: list[bytes]) -> bytes | None:
+    name = tx.prepared(sql)
+    if name is None:
+        return None
+    return b"EXECUTE %s(%s)" % (name, b", ".join(values)) if values else b"EXECUTE " + name
 
 
 def literal_writer(tx: Transaction) -> Callable[[Any], bytes]:
