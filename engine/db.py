@@ -57,6 +57,7 @@ class Database:
             self.engine = create_engine(url, echo=echo, pool_size=10, max_overflow=20,
                                         connect_args={"prepare_threshold": None})
             _ping_when_idle(self.engine)
+            _send_batch_first(self.engine)
             self.read_engine = self.engine
             # Single reads (``query()``) in autocommit: no BEGIN and COMMIT round trips. A pool of
             # its own, so connections never switch modes (switching costs more than it saves).
@@ -261,13 +262,31 @@ def _transaction(engine: Engine, sqlite: bool) -> Iterator[Transaction]:
     with _unavailable_on_disconnect():
         with engine.connect() as conn, conn.begin():
             tx = Transaction(conn, sqlite)
+            conn.info[_OPEN_TRANSACTION] = tx
             try:
                 yield tx
                 if tx._session is not None:
                     tx._session.flush()
             finally:
+                conn.info.pop(_OPEN_TRANSACTION, None)
                 if tx._session is not None:
                     tx._session.close()
+
+
+_OPEN_TRANSACTION = "aftercare_transaction"
+
+
+def _send_batch_first(engine: Engine) -> None:
+    """Statements of a batch wait for the batch's end; a SQLAlchemy statement (an ORM session
+    of a handler or the SLA clock, on the same connection) sends them first, so the database
+    sees every statement in the order the command made it."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, _cursor, _statement, _parameters, _context, _many):  # type: ignore[no-untyped-def]
+        tx = conn.info.get(_OPEN_TRANSACTION)
+        if tx is not None and tx.script:
+            pending, tx.script = tx.script, []
+            tx.run_script(pending)
 
 
 @contextlib.contextmanager

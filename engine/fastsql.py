@@ -35,6 +35,8 @@ class Statement:
         self._dollars = re.sub(r":(\w+)", lambda _: f"${next(numbers)}", self.sql).encode()
         self.json_params = frozenset(json_params)
         self.time_params = frozenset(time_params)
+        upper = self.sql.upper()
+        self.reads = upper.startswith("SELECT") or " RETURNING " in upper
 
     def render(self, params: Mapping[str, Any], literal: Callable[[Any], bytes], tx: Transaction) -> bytes:
         """The statement for a script: ``EXECUTE`` of its prepared form with the parameters as
@@ -58,11 +60,13 @@ class Statement:
         return out
 
     def execute(self, session: Session | Transaction, params: Mapping[str, Any]) -> Any:
-        """Run the statement and return the driver's cursor; inside a PostgreSQL ``batch()`` it
-        joins the batch's script instead (no result to read)."""
-        if isinstance(session, Transaction) and session.script is not None:
-            session.script.append(self.render(params, literal_writer(session), session))
-            return None
+        """Run the statement and return its rows (``fetchone()``, ``fetchall()``); inside a
+        PostgreSQL ``batch()`` it joins the batch's script instead (no result to read)."""
+        if isinstance(session, Transaction) and not session.sqlite:
+            if session.script is not None and not self.reads:
+                session.script.append(self.render(params, literal_writer(session), session))
+                return None
+            return Result(fetch_all(session, [(self, params)])[0])
         cur, sqlite = _cursor(session)
         cur.execute(self.sql if sqlite else self._pg, self._bind(params, sqlite))
         return cur
@@ -70,12 +74,31 @@ class Statement:
     def executemany(self, session: Session | Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
-        if isinstance(session, Transaction) and session.script is not None:
+        if isinstance(session, Transaction) and not session.sqlite:
             literal = literal_writer(session)
-            session.script.extend([self.render(r, literal, session) for r in rows])
+            statements = [self.render(r, literal, session) for r in rows]
+            if session.script is not None:
+                session.script.extend(statements)
+            else:
+                session.run_script(statements)
             return
         cur, sqlite = _cursor(session)
         cur.executemany(self.sql if sqlite else self._pg, [self._bind(r, sqlite) for r in rows])
+
+
+class Result:
+    """Rows of a statement run in a script, read the way a cursor's are."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
 
 
 class Rows:
@@ -133,7 +156,13 @@ def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, 
     go as one script (a single round trip), with the BEGIN when the transaction has none yet."""
     if isinstance(source, Transaction) and not source.sqlite:
         literal = literal_writer(source)
-        results = source.run_script([stmt.render(params, literal, source) for stmt, params in queries])
+        reads = [stmt.render(params, literal, source) for stmt, params in queries]
+        pending = source.script
+        if pending:  # inside a batch: its statements so far go first, in the same round trip
+            source.script = []
+            results = source.run_script(pending + reads)[len(pending):]
+        else:
+            results = source.run_script(reads)
         loader = Transformer(source.driver)
         rows = []
         for res in results:

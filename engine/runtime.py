@@ -530,45 +530,46 @@ class Runtime:
         for tid in removed:
             row_keys.pop(tid, None)
 
-        self._save_open_tasks(cmd)
-        self._save_timers(cmd)
-        self._save_subscriptions(cmd)
-
-        # Case header and status.
-        old_data, old_status, old_ended = cmd.loaded
-        last = wf.last_task
-        if last is not None and last.data != case.data:
-            case.data = _json_safe(last.data)
-        if case.status == "cancelled":
-            pass
-        elif wf.completed:
-            case.status = "completed"
-            case.ended_at = case.ended_at or now
-        elif cmd.incident is not None or (case.status == "error" and wf.get_tasks(state=TaskState.ERROR)):
-            case.status = "error"
-        else:
-            case.status = "running" if live.open_tasks else "waiting"
-        case.state = spiff.workflow_header(wf)
-        case.updated_at = now
-        case.lock_version += 1
-
-        for note in info.notes:
-            cmd.events.append({"type": note.get("type", "note"), "actor": "system", "task_id": note.get("task_id"),
-                               "task": note.get("task"), "payload": note.get("payload", {})})
-        calls = recorded.current()
-        if calls:
-            cmd.events.append({"type": recorded.EVENT_TYPE, "actor": "system", "task_id": None, "task": None,
-                               "payload": {"calls": calls}})
-        if advanced and not any(e["type"] in COMMAND_EVENT_TYPES for e in cmd.events):
-            # e.g. a due timer noticed by another command: replays need to know when it ran on.
-            cmd.events.insert(0, {"type": "engine_advanced", "actor": "system", "task_id": None, "task": None,
-                                  "payload": {}})
-        if cmd.events:
-            for listener in self.event_listeners:
-                listener(cmd, cmd.events)
-        case.tasks = self.open_task_dicts(cmd)
-        # Writes whose results nobody reads: one round trip on PostgreSQL.
+        # Everything the command writes goes in one batch: one round trip on PostgreSQL (reads
+        # of listeners on the way take the writes so far along).
         with cmd.tx.batch():
+            self._save_open_tasks(cmd)
+            self._save_timers(cmd)
+            self._save_subscriptions(cmd)
+
+            # Case header and status.
+            old_data, old_status, old_ended = cmd.loaded
+            last = wf.last_task
+            if last is not None and last.data != case.data:
+                case.data = _json_safe(last.data)
+            if case.status == "cancelled":
+                pass
+            elif wf.completed:
+                case.status = "completed"
+                case.ended_at = case.ended_at or now
+            elif cmd.incident is not None or (case.status == "error" and wf.get_tasks(state=TaskState.ERROR)):
+                case.status = "error"
+            else:
+                case.status = "running" if live.open_tasks else "waiting"
+            case.state = spiff.workflow_header(wf)
+            case.updated_at = now
+            case.lock_version += 1
+
+            for note in info.notes:
+                cmd.events.append({"type": note.get("type", "note"), "actor": "system", "task_id": note.get("task_id"),
+                                   "task": note.get("task"), "payload": note.get("payload", {})})
+            calls = recorded.current()
+            if calls:
+                cmd.events.append({"type": recorded.EVENT_TYPE, "actor": "system", "task_id": None, "task": None,
+                                   "payload": {"calls": calls}})
+            if advanced and not any(e["type"] in COMMAND_EVENT_TYPES for e in cmd.events):
+                # e.g. a due timer noticed by another command: replays need to know when it ran on.
+                cmd.events.insert(0, {"type": "engine_advanced", "actor": "system", "task_id": None, "task": None,
+                                      "payload": {}})
+            if cmd.events:
+                for listener in self.event_listeners:
+                    listener(cmd, cmd.events)
+            case.tasks = self.open_task_dicts(cmd)
             _WRITE_TASKS.write(cmd.tx, rows)
             _DELETE_TASK.executemany(cmd.tx, [{"case_id": case.id, "task_id": t} for t in sorted(removed)])
             self._write_events(cmd)

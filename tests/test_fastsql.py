@@ -127,3 +127,30 @@ def test_special_floats_and_unsupported_values(scratch: Database) -> None:
     with pytest.raises(TypeError, match="no SQL literal for a value of type bytes"):
         with db.command() as tx, tx.batch():
             _INSERT.execute(tx, {**_row(32, "x"), "t": b"raw"})
+
+
+def test_reads_inside_a_batch_see_the_writes_before_them(scratch: Database) -> None:
+    db = scratch
+    with db.command() as tx, tx.batch():
+        _INSERT.execute(tx, _row(40, "queued"))
+        seen = _SELECT.execute(tx, {"id": 40}).fetchall()  # a read: the queued write goes first
+        [again] = fetch_all(tx, [(_SELECT, {"id": 40})])
+        _INSERT.execute(tx, _row(41, "after the read"))
+    assert [r[1] for r in seen] == ["queued"] and [r[1] for r in again] == ["queued"]
+    assert _read(db, 41)[1] == "after the read"
+
+
+def test_sqlalchemy_statements_inside_a_batch_keep_the_command_order(scratch: Database) -> None:
+    """An ORM session on the command's connection (handlers, the SLA clock) sees what the batch
+    wrote before it, and the batch's later statements see what it wrote."""
+    db = scratch
+    with db.command() as tx, tx.batch():
+        _INSERT.execute(tx, _row(50, "from the batch"))
+        tx.session.execute(text("UPDATE scratch_literals SET t = t || ' and the session' WHERE id = 50"))
+        tx.session.execute(text("INSERT INTO scratch_literals (id, t) VALUES (51, 'session')"))
+        _UPDATE_TEXT.execute(tx, {"id": 51, "t": "session, then the batch"})
+    assert _read(db, 50)[1] == "from the batch and the session"
+    assert _read(db, 51)[1] == "session, then the batch"
+
+
+_UPDATE_TEXT = Statement("UPDATE scratch_literals SET t = :t WHERE id = :id")
