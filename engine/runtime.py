@@ -141,6 +141,8 @@ class Command:
     incident: dict[str, Any] | None = None
     started: float = 0.0
     first: list[Any] | None = None  # rows of the statement sent with the lock (Runtime.execute)
+    # PostgreSQL: rows of Runtime.prefetch statements, read in the lock's round trip.
+    prefetched: dict[Statement, list[Any]] = field(default_factory=dict)
     loaded: tuple[Any, ...] = ()  # the header's data, status and ended_at as read, before the change
 
     def __post_init__(self) -> None:
@@ -168,25 +170,47 @@ class Command:
 
 
 class _CaseCache:
+    """Loaded cases of this process, most recently used last; also which case holds each open
+    task of them (so a command on a task knows before any round trip whether it will load)."""
+
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[int, LiveCase] = OrderedDict()
+        self._tasks: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def take(self, case_id: int) -> LiveCase | None:
         with self._lock:
-            return self._items.pop(case_id, None)
+            live = self._items.pop(case_id, None)
+            if live is not None:
+                self._forget(live)
+            return live
 
     def put(self, case_id: int, live: LiveCase) -> None:
         with self._lock:
+            old = self._items.pop(case_id, None)
+            if old is not None:
+                self._forget(old)
             self._items[case_id] = live
-            self._items.move_to_end(case_id)
+            for tid in live.open_tasks:
+                self._tasks[tid] = case_id
             while len(self._items) > self.size:
-                self._items.popitem(last=False)
+                self._forget(self._items.popitem(last=False)[1])
+
+    def holds(self, case_id: int) -> bool:
+        return case_id in self._items
+
+    def holds_task(self, task_id: str) -> bool:
+        return task_id in self._tasks
+
+    def _forget(self, live: LiveCase) -> None:
+        for tid in live.open_tasks:
+            self._tasks.pop(tid, None)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._tasks.clear()
 
 
 # Statements of the hot path (see engine/fastsql.py); the same text runs on SQLite and PostgreSQL.
@@ -258,6 +282,20 @@ _LOAD_OPEN = Statement(
 _LOAD_TIMERS = Statement(
     "SELECT task_id, due_at FROM timers WHERE case_id = :case_id AND status <> 'fired' AND kind <> 'sla'")
 _LOAD_SUBSCRIPTIONS = Statement("SELECT task_id, message FROM message_subscriptions WHERE case_id = :case_id")
+_LOAD_ALL = (_LOAD_TASKS, _LOAD_CANDIDATES, _LOAD_OPEN, _LOAD_TIMERS, _LOAD_SUBSCRIPTIONS)
+_CASE_OF_OPEN_TASK = Statement("SELECT case_id FROM open_tasks WHERE id = :task_id")
+_BY_TASK: dict[Statement, Statement] = {}
+
+
+def _by_task(stmt: Statement) -> Statement:
+    """``stmt`` (keyed by ``:case_id``) for the case holding the open task ``:task_id``."""
+    found = _BY_TASK.get(stmt)
+    if found is None:
+        found = _BY_TASK[stmt] = Statement(stmt.sql.replace(":case_id", f"({_CASE_OF_OPEN_TASK.sql})"),
+                                           stmt.json_params, stmt.time_params)
+    return found
+
+
 _DELETE_TIMER = Statement(
     "DELETE FROM timers WHERE case_id = :case_id AND task_id = :task_id AND due_at = :due_at "
     "AND status <> 'fired'", time_params=("due_at",))
@@ -285,6 +323,9 @@ class Runtime:
         self.task_clock: TaskClock | None = due_calculator if isinstance(due_calculator, TaskClock) else None
         self.cache = _CaseCache(cache_size)
         self.on_commit: list[Callable[[Command], None]] = []
+        # Reads (keyed by ``:case_id``) listeners want in a command; on PostgreSQL they go with the
+        # case's lock (no round trip of their own) and listeners find them in ``cmd.prefetched``.
+        self.prefetch: list[Statement] = []
         # Projections (e.g. report facts) written from the command's events in its own transaction.
         self.event_listeners: list[Callable[[Command, list[dict[str, Any]]], None]] = []
 
@@ -297,27 +338,41 @@ class Runtime:
         ``first`` is a statement to run right after the lock, sent with it (on PostgreSQL the
         transaction's BEGIN, the lock and this statement are one round trip); ``apply`` finds
         its rows in ``cmd.first``."""
+        prefetched: dict[Statement, list[Any]] = {}
         with self.db.command() as tx:
             if self.db.is_sqlite:  # BEGIN IMMEDIATE holds the lock already
                 row = _SELECT_CASE.execute(tx, {"id": case_id}).fetchone()
                 found = first[0].execute(tx, first[1]).fetchall() if first is not None else None
             else:
-                results = fetch_all(tx, [(_SELECT_CASE_LOCKED, {"id": case_id}), *([first] if first else [])])
+                reads = [(_SELECT_CASE_LOCKED, {"id": case_id}), *([first] if first else [])]
+                ahead = self._reads_ahead(not self.cache.holds(case_id))
+                results = fetch_all(tx, reads + [(stmt, {"case_id": case_id}) for stmt in ahead])
                 row = results[0][0] if results[0] else None
                 found = results[1] if first is not None else None
+                prefetched = dict(zip(ahead, results[len(reads):], strict=True))
             if row is None:
                 raise NotFound(f"case {case_id} not found")
-            cmd, result = self._execute_locked(tx, actor, apply, row, found)
+            cmd, result = self._execute_locked(tx, actor, apply, row, found, prefetched)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
 
     def execute_for_task(self, task_id: str, actor: Actor, apply: Callable[[Command], Any]) -> tuple[CaseRow, Any]:
         """Like ``execute`` for the case that holds the open task ``task_id``."""
+        prefetched: dict[Statement, list[Any]] = {}
         with self.db.command() as tx:
             # The case row comes with the lookup (locked on PostgreSQL, and sent with the BEGIN).
-            stmt = _SELECT_CASE_OF_OPEN_TASK if self.db.is_sqlite else _SELECT_CASE_OF_OPEN_TASK_LOCKED
-            [rows] = fetch_all(tx, [(stmt, {"id": task_id})])
+            if self.db.is_sqlite:
+                [rows] = fetch_all(tx, [(_SELECT_CASE_OF_OPEN_TASK, {"id": task_id})])
+            else:
+                ahead = self._reads_ahead(not self.cache.holds_task(task_id))
+                rows, *results = fetch_all(tx, [(_SELECT_CASE_OF_OPEN_TASK_LOCKED, {"id": task_id}),
+                                                *[(_by_task(stmt), {"task_id": task_id}) for stmt in ahead],
+                                                *([(_CASE_OF_OPEN_TASK, {"task_id": task_id})] if ahead else [])])
+                # The reads found the task's case by its open-task row, after the lock: theirs if
+                # that row still names the locked case (only a command holding the lock changes it).
+                if ahead and rows and results[-1] and results[-1][0][0] == rows[0][0]:
+                    prefetched = dict(zip(ahead, results, strict=False))
             found = rows[0] if rows else None
             case_id = found[0] if found else None
             if case_id is None:
@@ -326,7 +381,7 @@ class Runtime:
                 if known is None:
                     raise NotFound(f"task {task_id} not found")
                 raise Conflict(f"task {task_id} is not open")
-            cmd, result = self._execute_locked(tx, actor, apply, found)
+            cmd, result = self._execute_locked(tx, actor, apply, found, None, prefetched)
         self.cache.put(case_id, cmd.live)
         self._after_commit(cmd)
         return cmd.case, result
@@ -341,15 +396,24 @@ class Runtime:
             live = self._load(session, CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True))))
         self.cache.put(case_id, live)
 
+    def _reads_ahead(self, load: bool) -> list[Statement]:
+        """PostgreSQL: reads to send with a command's lock, keyed by ``:case_id``: the case's
+        rows when this process does not hold it (a guess: another process may have changed
+        it since), and what listeners asked for (``prefetch``)."""
+        return [*(_LOAD_ALL if load else ()), *self.prefetch]
+
     def _execute_locked(self, tx: Transaction, actor: Actor, apply: Callable[[Command], Any], row: Any,
-                        first: list[Any] | None = None) -> tuple[Command, Any]:
+                        first: list[Any] | None = None,
+                        prefetched: dict[Statement, list[Any]] | None = None) -> tuple[Command, Any]:
         """Run ``apply`` on the locked case whose header is ``row``."""
         case = CaseRow(**dict(zip(_CASE_COLUMNS, row, strict=True)))
         case.data = parse_json(case.data) or {}
         case.created_at, case.updated_at, case.ended_at = (
             parse_time(case.created_at), parse_time(case.updated_at), parse_time(case.ended_at))
-        live = self._load(tx, case)
-        cmd = Command(tx, case, live, actor, utcnow(), started=spiff.now_ts(), first=first)
+        prefetched = prefetched or {}
+        live = self._load(tx, case, prefetched)
+        cmd = Command(tx, case, live, actor, utcnow(), started=spiff.now_ts(), first=first,
+                      prefetched=prefetched)
         # On any exception the half-changed workflow is dropped (it was taken out of the
         # cache) and the rollback leaves the database as the truth.
         result = self._run(cmd, apply)
@@ -475,18 +539,22 @@ class Runtime:
 
     # --- load and save ----------------------------------------------------------------------
 
-    def _load(self, source: Transaction | Session, case: CaseRow) -> LiveCase:
+    def _load(self, source: Transaction | Session, case: CaseRow,
+              prefetched: Mapping[Statement, list[Any]] | None = None) -> LiveCase:
         cached = self.cache.take(case.id)
         if cached is not None and cached.lock_version == case.lock_version:
             return cached
         version = self.specs.get(source, case.process_version_id)
         key = {"case_id": case.id}
         header = json.loads(case.state)
-        queries = [(_LOAD_TASKS, key), (_LOAD_CANDIDATES, key), (_LOAD_OPEN, key)]
-        if spiff.header_waits(header):  # timer and subscription rows exist only for waiting tasks
-            queries += [(_LOAD_TIMERS, key), (_LOAD_SUBSCRIPTIONS, key)]
-        rows, candidates, open_rows, *waiting = fetch_all(source, queries)
-        timer_rows, sub_rows = waiting or ([], [])
+        if prefetched and _LOAD_TASKS in prefetched:  # read with the lock
+            rows, candidates, open_rows, timer_rows, sub_rows = (prefetched[q] for q in _LOAD_ALL)
+        else:
+            queries = [(_LOAD_TASKS, key), (_LOAD_CANDIDATES, key), (_LOAD_OPEN, key)]
+            if spiff.header_waits(header):  # timer and subscription rows exist only for waiting tasks
+                queries += [(_LOAD_TIMERS, key), (_LOAD_SUBSCRIPTIONS, key)]
+            rows, candidates, open_rows, *waiting = fetch_all(source, queries)
+            timer_rows, sub_rows = waiting or ([], [])
         wf = spiff.restore_workflow(version.spec, version.subprocess_specs, header,
                                     [(r[0], r[1]) for r in rows], self.specs.script_engine())
         groups: dict[str, list[str]] = {}

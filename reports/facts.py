@@ -392,9 +392,12 @@ _UPDATE = Statement(f"UPDATE kpi_facts SET {', '.join(f'{f} = :{f}' for f in _FI
 _DELETE = Statement("DELETE FROM kpi_facts WHERE id = :fact_id")
 
 
-def load(session: Session | Transaction, case_id: int) -> dict[tuple[str, str], Fact]:
+def load(session: Session | Transaction, case_id: int, rows: list[Any] | None = None) -> dict[tuple[str, str], Fact]:
+    """The case's facts; ``rows`` of ``_LOAD`` when they were read already (with the case's lock)."""
     out: dict[tuple[str, str], Fact] = {}
-    for row in _LOAD.execute(session, {"case_id": case_id}).fetchall():
+    if rows is None:
+        rows = _LOAD.execute(session, {"case_id": case_id}).fetchall()
+    for row in rows:
         values = dict(zip(_FIELDS, row[1:], strict=True))
         for name in _TIMES:
             values[name] = parse_time(values[name])
@@ -446,7 +449,7 @@ class FactProjector:
         ctx = CaseContext(case.id, case.process_key, _aware(case.created_at), case.started_by, case.data or {},
                           lane_lookup=lane_lookup)
         starting = any(ev["type"] == "case_started" for ev in events)
-        facts = {} if starting else load(cmd.tx, case.id)  # a new case has no facts yet
+        facts = {} if starting else load(cmd.tx, case.id, cmd.prefetched.get(_LOAD))  # a new case has none yet
         try:
             project(facts, ctx, events, cmd.now)
         except (TypeError, ValueError, KeyError, AttributeError):
@@ -464,6 +467,7 @@ def install(engine: WorkflowEngine) -> FactProjector:
             return existing
     projector = FactProjector()
     listeners.append(projector)
+    engine.runtime.prefetch.append(_LOAD)  # most commands change facts: read them with the lock
     return projector
 
 

@@ -355,3 +355,40 @@ def test_a_failing_last_write_leaves_the_case_as_it_was(engine: WorkflowEngine) 
         assert (row.lock_version, row.event_seq, row.state) == before
         assert s.scalar(select(func.count()).select_from(OpenTask).where(OpenTask.case_id == case["id"])) == 1
     assert engine.get_case(case["id"], SYSTEM)["tasks"][0]["spec"] == "register"
+
+
+def test_postgresql_reads_a_case_it_does_not_hold_with_its_lock(engine: WorkflowEngine,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command on a case this process does not hold (another web worker ran the last one)
+    reads the case's rows, and what listeners ask for, in the round trip of its lock."""
+    if engine.db.is_sqlite:
+        pytest.skip("SQLite reads in-process: there are no round trips to save")
+    from engine.db import Transaction
+    from engine.runtime import Runtime
+    from reports import facts
+
+    facts.install(engine)
+    case = engine.start_case("sample", {}, SYSTEM)
+    case = engine.complete_task(case["tasks"][0]["id"], REGISTER, SYSTEM)
+    trips: list[int] = []
+    guesses: list[bool] = []
+    send, ahead = Transaction._send, Runtime._reads_ahead
+
+    def counted(conn: Any, statements: list[bytes]) -> Any:
+        if not statements[0].startswith(b"PREPARE"):  # (once per connection and statement)
+            trips.append(len(statements))
+        return send(conn, statements)
+
+    monkeypatch.setattr(Transaction, "_send", staticmethod(counted))
+    monkeypatch.setattr(Runtime, "_reads_ahead", lambda self, load: guesses.append(load) or ahead(self, load))
+
+    engine.reset_caches()  # as if another process had run the last command
+    case = engine.complete_task(case["tasks"][0]["id"], FIX, SYSTEM)
+    assert guesses == [True] and len(trips) == 2  # lock with every read; the writes with COMMIT
+    assert_state_matches_database(engine, case["id"])
+
+    trips.clear()
+    guesses.clear()
+    case = engine.complete_task(case["tasks"][0]["id"], {}, SYSTEM)  # held now: no rows to guess
+    assert guesses == [False] and len(trips) == 2
+    assert case["status"] == "completed"
