@@ -195,6 +195,8 @@ def literal_writer(tx: Transaction) -> Callable[[Any], bytes]:
             return b"NULL"
         kind = type(value)
         if kind is str:
+            if "\0" in value:  # libpq's quoting would cut the text there; the driver refuses it too
+                raise ValueError("PostgreSQL text cannot contain NUL (0x00) characters")
             return escape(value.encode())  # type: ignore[no-any-return]
         if kind is int:
             return b"%d" % value

@@ -127,6 +127,11 @@ def test_special_floats_and_unsupported_values(scratch: Database) -> None:
     with pytest.raises(TypeError, match="no SQL literal for a value of type bytes"):
         with db.command() as tx, tx.batch():
             _INSERT.execute(tx, {**_row(32, "x"), "t": b"raw"})
+    with pytest.raises(ValueError, match=r"NUL \(0x00\)"):  # refused, not cut short at the NUL
+        with db.command() as tx, tx.batch():
+            _INSERT.execute(tx, {**_row(33, "x"), "t": "before\0after"})
+    with db.command() as tx:
+        assert fetch_all(tx, [(_SELECT, {"id": 32}), (_SELECT, {"id": 33})]) == [[], []]
 
 
 def test_reads_inside_a_batch_see_the_writes_before_them(scratch: Database) -> None:
