@@ -227,14 +227,11 @@ _SELECT_CASE_OF_OPEN_TASK = Statement(
     "WHERE o.id = :id")
 # Whether the task is still open is decided on the locked case's workflow, not on this row.
 _SELECT_CASE_OF_OPEN_TASK_LOCKED = Statement(_SELECT_CASE_OF_OPEN_TASK.sql + " FOR UPDATE OF c")
-_INSERT_CASE = Statement(
-    f"INSERT INTO cases ({', '.join(_CASE_COLUMNS[1:])}) VALUES ({', '.join(':' + c for c in _CASE_COLUMNS[1:])}) "
-    "RETURNING id", json_params=("data",), time_params=("created_at", "updated_at", "ended_at"))
 
 
 def _update_case(with_data: bool, with_status: bool) -> Statement:
-    # ``data`` and ``status`` carry the search indexes (six JSON paths, status): setting them
-    # when unchanged would rewrite every one of those index entries on each command.
+    # ``data`` (a large value) and ``status`` (indexed) are set only when they changed: writing
+    # them unchanged costs a JSON write and an index entry on each command.
     sets = ["state = :state", "lock_version = :lock_version", "task_seq = :task_seq", "event_seq = :event_seq",
             "last_hash = :last_hash", "updated_at = :updated_at"]
     if with_data:
@@ -306,8 +303,13 @@ _INSERT_TIMER = Statement(
 _DELETE_SUBSCRIPTION = Statement("DELETE FROM message_subscriptions WHERE case_id = :case_id AND task_id = :task_id")
 _INSERT_SUBSCRIPTION = Statement(
     "INSERT INTO message_subscriptions (case_id, task_id, message) VALUES (:case_id, :task_id, :message)")
-_LATEST_VERSION = Statement(
-    "SELECT id FROM process_versions WHERE key = :key ORDER BY version DESC LIMIT 1")
+_FROM_VERSION = {"process_version_id": "id", "version": "version"}  # columns of process_versions
+_START_CASE = Statement(
+    f"INSERT INTO cases ({', '.join(_CASE_COLUMNS[1:])}) "
+    f"SELECT {', '.join(_FROM_VERSION.get(c, ':' + c) for c in _CASE_COLUMNS[1:])} "
+    "FROM process_versions WHERE key = :process_key ORDER BY version DESC LIMIT 1 "
+    "RETURNING id, process_version_id, version",
+    json_params=("data",), time_params=("created_at", "updated_at", "ended_at"))
 _SET_ASSIGNEE = Statement("UPDATE open_tasks SET assignee = :assignee WHERE id = :id")
 
 
@@ -424,18 +426,18 @@ class Runtime:
                start: Callable[[Command], Any] | None = None) -> CaseRow:
         """Start a case of the latest version: same transaction shape as every other command."""
         with self.db.command() as tx:
-            found = _LATEST_VERSION.execute(tx, {"key": process_key}).fetchone()
+            now = utcnow()
+            values = {"process_key": process_key, "status": "running", "data": {}, "state": "{}", "lock_version": 0,
+                      "task_seq": 0, "event_seq": 0, "last_hash": GENESIS, "started_by": actor.username,
+                      "created_at": now, "updated_at": now, "ended_at": None}
+            # The case row of the latest version, inserted in the statement that finds the version.
+            found = _START_CASE.execute(tx, values).fetchone()
             if found is None:
                 raise NotFound(f"process '{process_key}' is not deployed")
-            version = self.specs.get(tx, found[0])
+            new_id, version_id, number = found
+            version = self.specs.get(tx, version_id)
             wf = spiff.new_workflow(version.spec, version.subprocess_specs, self.specs.script_engine())
-            now = utcnow()
-            values = {"process_key": process_key, "process_version_id": version.id, "version": version.version,
-                      "status": "running", "data": {}, "state": "{}", "lock_version": 0, "task_seq": 0,
-                      "event_seq": 0, "last_hash": GENESIS, "started_by": actor.username, "created_at": now,
-                      "updated_at": now, "ended_at": None}
-            new_id = _INSERT_CASE.execute(tx, values).fetchone()[0]
-            case = CaseRow(id=new_id, **values)
+            case = CaseRow(id=new_id, process_version_id=version_id, version=number, **values)
             live = LiveCase(wf, version, 0, set(), {}, set(), set())
             cmd = Command(tx, case, live, actor, now, started=spiff.now_ts())
 
