@@ -132,7 +132,7 @@ class Transaction:
     connection for handlers and projections, created on first use. Opening a session costs
     more than the few rows a command writes."""
 
-    __slots__ = ("_connection", "_engine", "_pooled", "cursor", "sqlite", "info", "_session", "script", "_prepare")
+    __slots__ = ("_connection", "_engine", "_pooled", "_cursor", "sqlite", "info", "_session", "script", "_prepare")
 
     def __init__(self, connection: Connection | None, sqlite: bool, engine: Engine | None = None,
                  pooled: Any = None) -> None:
@@ -141,13 +141,21 @@ class Transaction:
         self._connection = connection
         self._engine = engine
         self._pooled = pooled if connection is None else connection.connection
-        self.cursor: Any = self._pooled.driver_connection.cursor()
+        self._cursor: Any = None
         self.sqlite = sqlite
         self.info: dict[str, Any] = {}  # per-command notes shared by listeners (e.g. timers scheduled)
         self._session: Session | None = None
         # PostgreSQL, inside ``batch()``: the statements written so far, sent when the block ends.
         self.script: list[bytes] | None = None
         self._prepare: dict[bytes, bytes] = {}  # statements to prepare before the next script: text -> name
+
+    @property
+    def cursor(self) -> Any:
+        """The driver's cursor (SQLite's statements; on PostgreSQL only for callers outside the
+        scripts), made on first use."""
+        if self._cursor is None:
+            self._cursor = self._pooled.driver_connection.cursor()
+        return self._cursor
 
     @property
     def connection(self) -> Connection:
@@ -183,7 +191,7 @@ class Transaction:
             if self.script is not None:
                 self.script.append(b"COMMIT")
             else:
-                self.cursor.execute("COMMIT")
+                self.run_script([b"COMMIT"])
 
     @property
     def driver(self) -> Any:

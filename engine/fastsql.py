@@ -120,7 +120,6 @@ class Rows:
         self.values = re.sub(r":(\w+)", "%s", values)
         self._slots = " ".join(self.values.replace("%s", "\0").replace("%", "%%").replace("\0", "%s").split()).encode()
         self._head, self._tail = self.head.replace("%", "%%").encode(), self.tail.replace("%", "%%").encode()
-        self._sql: dict[int, str] = {}
         self._dollars: dict[int, bytes] = {}
 
     def _dollar_sql(self, n: int) -> bytes:
@@ -134,27 +133,20 @@ class Rows:
     def write(self, tx: Transaction, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
-        if tx.script is not None:
-            if len(rows) == 1:
-                self.statement.executemany(tx, rows)
-                return
-            literal = literal_writer(tx)
-            names, bind = self.names, self.statement._bind
-            values = [literal(r[n]) for r in (bind(row, False) for row in rows) for n in names]
-            statement = _execute(tx, self._dollar_sql(len(rows)), values)
-            if statement is None:
-                slots = b", ".join([self._slots] * len(rows))
-                statement = b"%s VALUES %s %s" % (self._head, slots % tuple(values), self._tail)
-            tx.script.append(statement)
-            return
         if tx.sqlite or len(rows) == 1:
             self.statement.executemany(tx, rows)
             return
-        sql = self._sql.get(len(rows))
-        if sql is None:
-            sql = self._sql[len(rows)] = f"{self.head} VALUES {', '.join([self.values] * len(rows))} {self.tail}"
-        names = self.names
-        tx.cursor.execute(sql, [v for r in rows for v in (r[n] for n in names)])
+        literal = literal_writer(tx)
+        names, bind = self.names, self.statement._bind
+        values = [literal(r[n]) for r in (bind(row, False) for row in rows) for n in names]
+        statement = _execute(tx, self._dollar_sql(len(rows)), values)
+        if statement is None:
+            slots = b", ".join([self._slots] * len(rows))
+            statement = b"%s VALUES %s %s" % (self._head, slots % tuple(values), self._tail)
+        if tx.script is not None:
+            tx.script.append(statement)
+        else:
+            tx.run_script([statement])
 
 
 def fetch_all(source: Session | Transaction, queries: Sequence[tuple[Statement, Mapping[str, Any]]]) -> list[list[Any]]:

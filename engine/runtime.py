@@ -374,7 +374,7 @@ class Runtime:
                 # The reads found the task's case by its open-task row, after the lock: theirs if
                 # that row still names the locked case (only a command holding the lock changes it).
                 if ahead and rows and results[-1] and results[-1][0][0] == rows[0][0]:
-                    prefetched = dict(zip(ahead, results, strict=False))
+                    prefetched = dict(zip(ahead, results[:-1], strict=True))
             found = rows[0] if rows else None
             case_id = found[0] if found else None
             if case_id is None:
