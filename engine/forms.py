@@ -37,9 +37,32 @@ def field_errors(schema_json: str, data: Any) -> list[dict[str, str]]:
     return errors
 
 
+def nul_fields(data: Any, path: str = "") -> list[str]:
+    """Places in submitted data whose text (or key) holds a NUL character: never meant, and
+    PostgreSQL cannot store it in a text column."""
+    if isinstance(data, str):
+        return [path or "(form)"] if "\0" in data else []
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            place = f"{path}.{key}" if path else str(key)
+            found += [place] if "\0" in str(key) else nul_fields(value, place)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            found += nul_fields(value, f"{path}.{i}" if path else str(i))
+    return found
+
+
+def nul_errors(data: Any, prefix: str = "") -> list[dict[str, str]]:
+    return [{"field": f"{prefix}{place}", "message": "contains a NUL (0x00) character"} for place in nul_fields(data)]
+
+
 def validate_submission(schema_json: str | None, data: Any) -> None:
     if not isinstance(data, dict):
         raise FormInvalid("form data must be a JSON object", [{"field": "(form)", "message": "expected an object"}])
+    errors = nul_errors(data)
+    if errors:
+        raise FormInvalid(f"{len(errors)} form field(s) are invalid", errors)
     if schema_json is None:
         return
     errors = field_errors(schema_json, data)

@@ -200,6 +200,9 @@ class WorkflowEngine:
         actor.require_writer()
         if data is not None and not isinstance(data, dict):
             raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
+        errors = forms.nul_errors(data or {}, "data.")
+        if errors:
+            raise InvalidInput(f"{len(errors)} data field(s) are invalid", errors)
         return self.runtime.create(process_key, dict(data or {}), actor).to_dict()
 
     def claim(self, task_id: str, actor: Actor) -> dict[str, Any]:
@@ -287,6 +290,9 @@ class WorkflowEngine:
             raise InvalidInput("invalid message", [{
                 "field": "name/correlation/payload",
                 "message": "name is required; correlation and payload are objects"}])
+        errors = forms.nul_errors(payload, "payload.")
+        if errors:
+            raise InvalidInput(f"{len(errors)} payload field(s) are invalid", errors)
         with self.db.read() as session:
             q = select(MessageSubscription.case_id).where(MessageSubscription.message == name).distinct()
             if "instance" in correlation:

@@ -392,3 +392,23 @@ def test_postgresql_reads_a_case_it_does_not_hold_with_its_lock(engine: Workflow
     case = engine.complete_task(case["tasks"][0]["id"], {}, SYSTEM)  # held now: no rows to guess
     assert guesses == [False] and len(trips) == 2
     assert case["status"] == "completed"
+
+
+def test_text_with_a_nul_character_is_refused_naming_the_field(engine: WorkflowEngine) -> None:
+    """NUL is never meant in a form, and PostgreSQL cannot store it in text: a clear error on
+    both backends, nothing changed."""
+    from engine.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as started:
+        engine.start_case("sample", {"contact": {"names": ["ok", "Wang\0Fang"]}}, SYSTEM)
+    assert started.value.errors == [{"field": "data.contact.names.1", "message": "contains a NUL (0x00) character"}]
+    case = engine.start_case("sample", {}, SYSTEM)
+    with pytest.raises(FormInvalid) as completed:
+        engine.complete_task(case["tasks"][0]["id"], {**REGISTER, "customer": "Wang\0Fang"}, SYSTEM)
+    assert completed.value.errors == [{"field": "customer", "message": "contains a NUL (0x00) character"}]
+    assert engine.get_case(case["id"], SYSTEM)["tasks"][0]["spec"] == "register"
+    with engine.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Case)) == 1
+    with pytest.raises(InvalidInput) as delivered:
+        engine.deliver_message("customer_reply", {"ref": "R-1"}, {"reply": "ok\0"}, SYSTEM)
+    assert delivered.value.errors == [{"field": "payload.reply", "message": "contains a NUL (0x00) character"}]
