@@ -109,10 +109,20 @@ def test_a_failing_statement_fails_the_batch_and_the_command(scratch: Database) 
 
 
 def test_commit_with_batch_commits(scratch: Database) -> None:
+    """On PostgreSQL the COMMIT goes with the batch: the transaction is over when the batch
+    ends, before the command's own commit (which then finds nothing to do)."""
     db = scratch
-    with db.command() as tx, tx.batch():
-        _INSERT.execute(tx, _row(20, "committed"))
-        tx.commit_with_batch()
+    with db.command() as tx:
+        with tx.batch():
+            _INSERT.execute(tx, _row(20, "committed"))
+            tx.commit_with_batch()
+        if not db.is_sqlite:
+            from psycopg.pq import TransactionStatus
+
+            assert tx.driver.pgconn.transaction_status == TransactionStatus.IDLE
+            with db.command() as other:  # another connection sees the row already
+                [rows] = fetch_all(other, [(_SELECT, {"id": 20})])
+            assert [r[1] for r in rows] == ["committed"]
     assert _read(db, 20)[1] == "committed"
 
 
