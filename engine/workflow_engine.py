@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from . import forms, spiff
 from .db import Database
 from .definitions import SourceFile, parse_bundle, read_source
-from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .errors import Conflict, Forbidden, FormInvalid, InvalidInput, NotFound
 from .fastsql import Statement, parse_time
 from .history import event_dict
 from .identity import DEPLOYERS, SYSTEM, Actor, may_see_task, may_work_task
@@ -246,6 +246,9 @@ class WorkflowEngine:
     def save_draft(self, task_id: str, data: dict[str, Any], actor: Actor) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
+        errors = forms.nul_errors(data)  # a draft is stored as it is; the same rule as a completion
+        if errors:
+            raise FormInvalid(f"{len(errors)} form field(s) are invalid", errors)
 
         def apply(cmd: Command) -> dict[str, Any]:
             info = self._open_info(cmd, task_id)

@@ -406,6 +406,10 @@ def test_text_with_a_nul_character_is_refused_naming_the_field(engine: WorkflowE
     with pytest.raises(FormInvalid) as completed:
         engine.complete_task(case["tasks"][0]["id"], {**REGISTER, "customer": "Wang\0Fang"}, SYSTEM)
     assert completed.value.errors == [{"field": "customer", "message": "contains a NUL (0x00) character"}]
+    with pytest.raises(FormInvalid) as drafted:
+        engine.save_draft(case["tasks"][0]["id"], {"notes": {"x\0": "draft"}}, SYSTEM)
+    assert drafted.value.errors == [{"field": "notes.x\0", "message": "contains a NUL (0x00) character"}]
+    assert [e["type"] for e in engine.history(case["id"], SYSTEM)][-1] == "task_opened"  # no draft recorded
     assert engine.get_case(case["id"], SYSTEM)["tasks"][0]["spec"] == "register"
     with engine.db.read() as s:
         assert s.scalar(select(func.count()).select_from(Case)) == 1

@@ -29,7 +29,7 @@ COLUMNS = "admin owner auditor supervisor staff hotline anon"
 # rule, method: expected status per column (admin owner auditor supervisor staff hotline anon).
 # Reading the table: 409/422 mean "let in, then refused on the request's merits" (the case is not in
 # error, the body is incomplete). Customers are readable by all staff but masked for roles that do not
-# need contact details (api_customers.UNMASKED_ROLES); process owners read cases but work no tasks;
+# need contact details (web.case_view.sees_personal_data); process owners read cases but work no tasks;
 # the case's first task lies in the hotline lane, so the plain staff member neither sees nor works it.
 MATRIX: dict[tuple[str, str], tuple[int, ...]] = {
     # --- REST API (bearer token) -------------------------------------------------------------------

@@ -10,12 +10,30 @@ from engine import InvalidInput
 from engine.identity import authenticate, issue_token
 
 from .auth import current_actor, services
+from .case_view import keep_masked_values, sees_personal_data, shown
 from .openapi import document, route
 from .params import int_arg
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
 OBJ = {"type": "object"}
+
+
+def _shown(body: Any, what: str, case_id: int | None) -> Any:
+    """A response with case data: masked for roles that do not need phone numbers and
+    addresses, the view recorded for those that do (SPEC, seed 002)."""
+    return shown(body, current_actor(), what, services().db, case_id)
+
+
+def _form_data(task_id: str, data: Any) -> Any:
+    """Form data as submitted, with fields sent back as their masked text keeping the real value."""
+    actor = current_actor()
+    if not isinstance(data, dict):
+        return data
+    if sees_personal_data(actor):
+        return data
+    current = services().engine.get_task(task_id, actor).get("data") or {}
+    return keep_masked_values(data, current, actor)
 
 
 def _json_body() -> dict[str, Any]:
@@ -121,24 +139,26 @@ def start_instance() -> tuple[Response, int]:
     process = body.get("process")
     if not isinstance(process, str) or not process:
         raise InvalidInput("process is required", [{"field": "process", "message": "required string"}])
-    return jsonify(services().engine.start_case(process, body.get("data"), actor)), 201
+    case = services().engine.start_case(process, body.get("data"), actor)
+    return jsonify(_shown(case, f"case {case['id']} (started)", case["id"])), 201
 
 
 @route(api, "/instances/<int:case_id>", "GET", "A case", responses={200: "Instance", 404: "Error"})
 def get_instance(case_id: int) -> Response:
-    return jsonify(services().engine.get_case(case_id, current_actor()))
+    return jsonify(_shown(services().engine.get_case(case_id, current_actor()), f"case {case_id}", case_id))
 
 
 @route(api, "/instances/<int:case_id>/history", "GET", "A case's history events",
        responses={200: "history", 404: "Error"})
 def get_history(case_id: int) -> Response:
-    return jsonify({"events": services().engine.history(case_id, current_actor())})
+    events = services().engine.history(case_id, current_actor())
+    return jsonify({"events": _shown(events, f"case {case_id} history", case_id)})
 
 
 @route(api, "/instances/<int:case_id>/retry", "POST", "Run a failed service task again",
        responses={200: "Instance", 409: "Error"})
 def retry_instance(case_id: int) -> Response:
-    return jsonify(services().engine.retry(case_id, current_actor()))
+    return jsonify(_shown(services().engine.retry(case_id, current_actor()), f"case {case_id} (retried)", case_id))
 
 
 @route(api, "/instances/<int:case_id>/cancel", "POST", "Cancel a case (supervisors)",
@@ -146,7 +166,8 @@ def retry_instance(case_id: int) -> Response:
 def cancel_instance(case_id: int) -> Response:
     actor = current_actor()
     reason = _json_body().get("reason") or ""
-    return jsonify(services().engine.cancel(case_id, str(reason), actor))
+    return jsonify(_shown(services().engine.cancel(case_id, str(reason), actor), f"case {case_id} (cancelled)",
+                          case_id))
 
 
 # --- tasks ----------------------------------------------------------------------------------
@@ -164,7 +185,8 @@ def list_tasks() -> Response:
 
 @route(api, "/tasks/<task_id>", "GET", "A task with its form and data", responses={200: "Task", 404: "Error"})
 def get_task(task_id: str) -> Response:
-    return jsonify(services().engine.get_task(task_id, current_actor()))
+    task = services().engine.get_task(task_id, current_actor())
+    return jsonify(_shown(task, f"task {task_id}", task["instance"]))
 
 
 @route(api, "/tasks/<task_id>/claim", "POST", "Claim a task", responses={200: "Task", 409: "Error"})
@@ -193,7 +215,8 @@ def assign_task(task_id: str) -> Response:
        body={"type": "object", "properties": {"data": OBJ}}, responses={200: "Task", 409: "Error"})
 def save_draft(task_id: str) -> Response:
     actor = current_actor()
-    return jsonify(services().engine.save_draft(task_id, _json_body().get("data") or {}, actor))
+    data = _form_data(task_id, _json_body().get("data") or {})
+    return jsonify(services().engine.save_draft(task_id, data, actor))
 
 
 @route(api, "/tasks/<task_id>/complete", "POST", "Complete a task with its form data",
@@ -202,7 +225,8 @@ def save_draft(task_id: str) -> Response:
 def complete_task(task_id: str) -> Response:
     actor = current_actor()
     body = _json_body()
-    return jsonify(services().engine.complete_task(task_id, body.get("data", {}), actor))
+    case = services().engine.complete_task(task_id, _form_data(task_id, body.get("data", {})), actor)
+    return jsonify(_shown(case, f"case {case['id']} (task {task_id} completed)", case["id"]))
 
 
 # --- messages -------------------------------------------------------------------------------

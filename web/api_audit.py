@@ -16,6 +16,7 @@ from engine import Actor, Forbidden, InvalidInput, Unauthenticated
 from engine.audit import access, bundle, chain, records
 
 from .auth import current_actor, services
+from .case_view import masked, personal_fields, sees_personal_data
 from .openapi import OPERATIONS, route
 from .params import int_arg
 
@@ -65,9 +66,12 @@ def verify_instance(case_id: int) -> Response:
     with_replay = request.args.get("replay", "1").lower() not in ("0", "false", "no")
     engine = services().engine
     report = records.verify_case(services().db, case_id, engine.specs, with_replay=with_replay)
-    if (report.get("replay") or {}).get("divergence"):  # both sides of a divergence show case data
+    divergence = (report.get("replay") or {}).get("divergence")
+    if divergence and not sees_personal_data(actor):  # both sides of a divergence show case data
+        report = masked(report, actor)
+    elif divergence and personal_fields(divergence):
         _record(actor, f"verification of case {case_id} (divergence shown)", access.VIEW_PERSONAL_DATA, case_id,
-                {"seq": report["replay"]["divergence"].get("seq")})
+                {"seq": divergence.get("seq")})
     return jsonify(report)
 
 
@@ -80,8 +84,11 @@ def instance_at(case_id: int, seq: int) -> Response:
     _visible_case(case_id, actor)
     diff_from = int_arg("diff_from")
     state = records.case_at(services().db, case_id, seq, diff_from, services().engine.specs)
-    _record(actor, f"case {case_id} as of event {seq}", access.VIEW_PERSONAL_DATA, case_id,
-            {"seq": seq, "diff_from": diff_from})
+    if not sees_personal_data(actor):  # as on the time-travel page: masked for roles that do not need it
+        return jsonify(masked(state, actor))
+    if personal_fields(state):
+        _record(actor, f"case {case_id} as of event {seq}", access.VIEW_PERSONAL_DATA, case_id,
+                {"seq": seq, "diff_from": diff_from, "fields": personal_fields(state)})
     return jsonify(state)
 
 

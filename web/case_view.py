@@ -61,6 +61,31 @@ def _mask(data: Any, key: str = "") -> Any:
     return data
 
 
+def keep_masked_values(submitted: Any, current: Any, actor: Actor) -> Any:
+    """Form data from a user who was shown it masked: a field sent back exactly as its masked
+    text keeps the case's real value (the mask never overwrites a phone number or address);
+    anything the user typed goes through as typed."""
+    if sees_personal_data(actor) or not isinstance(submitted, Mapping) or not isinstance(current, Mapping):
+        return submitted
+    out = dict(submitted)
+    for key, value in submitted.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[key] = keep_masked_values(value, old, actor)
+        elif isinstance(value, str) and isinstance(old, str) and value != old and _mask(old, str(key)) == value:
+            out[key] = old
+    return out
+
+
+def shown(payload: Any, actor: Actor, what: str, db: Any, case_id: int | None = None) -> Any:
+    """``payload`` (a case, its data, its history) as ``actor`` may see it: masked for roles whose
+    work does not need phone numbers and addresses; for the others the view is recorded."""
+    if not sees_personal_data(actor):
+        return _mask(payload)
+    record_personal_view(db, actor, what, personal_fields(payload), case_id)
+    return payload
+
+
 def personal_fields(data: Any, prefix: str = "") -> list[str]:
     """Paths of the phone numbers and addresses present in case data (what masking would hide)."""
     found: list[str] = []

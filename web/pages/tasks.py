@@ -15,7 +15,14 @@ from engine import Conflict, FormInvalid
 from engine.identity import may_work_task
 from engine.models import CaseTask
 
-from ..case_view import earlier_answers, masked, personal_fields, record_personal_view, sees_personal_data
+from ..case_view import (
+    earlier_answers,
+    keep_masked_values,
+    masked,
+    personal_fields,
+    record_personal_view,
+    sees_personal_data,
+)
 from ..forms_render import parse_form, render_form
 from ..i18n import current_language
 from .common import actor, back, db, engine, staff_page
@@ -47,14 +54,17 @@ def _page(task: dict[str, Any], values: dict[str, Any] | None = None, errors: li
     history = engine().history(task["instance"], me)
     workable = may_work_task(me, frozenset(task["candidate_groups"]), task["assignee"])
     held_by_other = bool(task["assignee"]) and task["assignee"] != me.username
-    form_html = render_form(task.get("form"), values if values is not None else task.get("data"), errors,
+    # Prefilled values are case data too: masked for roles that do not need them (a value sent
+    # back unchanged keeps the real one, see ``submit``).
+    form_html = render_form(task.get("form"), masked(values if values is not None else task.get("data"), me), errors,
                             language=current_language(), tz=get_timezone(),
                             readonly=not workable or held_by_other, use_defaults=values is None)
     staff_history = [ev for ev in history if ev["type"] not in INTERNAL_EVENTS]
     names = {ev["task"]: ev["payload"].get("name") for ev in history
              if ev["type"] == "task_opened" and isinstance(ev.get("payload"), dict)}
     shown = personal_fields(case["data"]) + [f"history.{ev['seq']}.{f}" for ev in staff_history[-30:]
-                                             for f in personal_fields(ev.get("payload"))]
+                                             for f in personal_fields(ev.get("payload"))] + \
+        [f"form.{f}" for f in personal_fields(values if values is not None else task.get("data"))]
     record_personal_view(db(), me, f"task {task['id']} page", shown, task["instance"])
     return render_template(
         "task.html", task=task, case=case, case_data=masked(case["data"], me),
@@ -79,8 +89,8 @@ def submit(task_id: str) -> Response | tuple[str, int]:
     loaded = _load(task_id)
     if isinstance(loaded, Response):
         return loaded
-    data = parse_form(loaded.get("form"), request.form, tz=get_timezone())
     me = actor()
+    data = keep_masked_values(parse_form(loaded.get("form"), request.form, tz=get_timezone()), loaded.get("data"), me)
     if request.form.get("action") == "draft":
         engine().save_draft(task_id, data, me)
         flash(_("Draft saved."), "success")

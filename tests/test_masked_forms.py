@@ -1,0 +1,125 @@
+"""Personal data in task forms and REST responses: masked for roles whose work does not need
+phone numbers and addresses, the real value kept when a masked field comes back unchanged,
+and every unmasked view recorded (SPEC, seed 002)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import PASSWORD, token_for
+from sqlalchemy import select
+
+from engine import SYSTEM
+from engine.identity import add_user
+from engine.models import AccessRecord
+from tests.test_pages import body, login, post_form
+
+BPMN = """<?xml version="1.0" encoding="UTF-8"?>
+<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
+                  xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core"
+                  id="stock_defs" targetNamespace="http://bpmn.io/schema/bpmn">
+  <bpmn:collaboration id="stock_collab">
+    <bpmn:participant id="stock_pool" name="Stock check" processRef="stock_check" />
+  </bpmn:collaboration>
+  <bpmn:process id="stock_check" name="Stock check" isExecutable="true">
+    <bpmn:laneSet id="stock_lanes">
+      <bpmn:lane id="lane_warehouse" name="warehouse">
+        <bpmn:flowNodeRef>start</bpmn:flowNodeRef>
+        <bpmn:flowNodeRef>check</bpmn:flowNodeRef>
+        <bpmn:flowNodeRef>done</bpmn:flowNodeRef>
+      </bpmn:lane>
+    </bpmn:laneSet>
+    <bpmn:startEvent id="start"><bpmn:outgoing>f1</bpmn:outgoing></bpmn:startEvent>
+    <bpmn:userTask id="check" name="Check stock">
+      <bpmn:extensionElements>
+        <spiffworkflow:properties>
+          <spiffworkflow:property name="formJsonSchemaFilename" value="stock-check.schema.json" />
+        </spiffworkflow:properties>
+      </bpmn:extensionElements>
+      <bpmn:incoming>f1</bpmn:incoming><bpmn:outgoing>f2</bpmn:outgoing>
+    </bpmn:userTask>
+    <bpmn:endEvent id="done"><bpmn:incoming>f2</bpmn:incoming></bpmn:endEvent>
+    <bpmn:sequenceFlow id="f1" sourceRef="start" targetRef="check" />
+    <bpmn:sequenceFlow id="f2" sourceRef="check" targetRef="done" />
+  </bpmn:process>
+</bpmn:definitions>
+"""
+
+FORM = {
+    "type": "object", "required": ["customer_phone", "customer_address", "in_stock"],
+    "properties": {
+        "customer_phone": {"type": "string", "title": "电话 Phone"},
+        "customer_address": {"type": "string", "title": "地址 Address"},
+        "in_stock": {"type": "string", "enum": ["yes", "no"], "title": "有货 In stock"},
+    },
+}
+PHONE, ADDRESS = "13812345678", "上海市浦东新区世纪大道100号"
+
+
+@pytest.fixture
+def stock_case(client: Any) -> dict[str, Any]:
+    svc = client.application.extensions["aftercare"]
+    svc.engine.deploy([("stock_check.bpmn", BPMN), ("stock-check.schema.json", json.dumps(FORM))], SYSTEM)
+    with svc.db.write() as s:
+        add_user(s, "stock", PASSWORD, ["warehouse"])
+    return svc.engine.start_case("stock_check", {"customer_phone": PHONE, "customer_address": ADDRESS}, SYSTEM)
+
+
+def views(client: Any, case_id: int) -> list[AccessRecord]:
+    with client.application.extensions["aftercare"].db.read() as s:
+        return list(s.scalars(select(AccessRecord).where(AccessRecord.case_id == case_id,
+                                                         AccessRecord.action == "view_personal_data")))
+
+
+def case_data(client: Any, case_id: int) -> dict[str, Any]:
+    return client.application.extensions["aftercare"].engine.get_case(case_id, SYSTEM)["data"]
+
+
+def test_task_form_prefill_is_masked_and_an_untouched_field_keeps_the_real_value(
+        client: Any, stock_case: dict[str, Any]) -> None:
+    task_id = stock_case["tasks"][0]["id"]
+    token = login(client, "stock")
+    page = body(client.get(f"/tasks/{task_id}"))
+    assert PHONE not in page and ADDRESS not in page
+    assert 'value="138****5678"' in page and "上海市浦东****" in page
+    res = post_form(client, f"/tasks/{task_id}", token, {
+        "customer_phone": "138****5678", "customer_address": "上海市浦东****", "in_stock": "yes"})
+    assert res.status_code == 302, body(res)[:500]
+    data = case_data(client, stock_case["id"])
+    assert data["customer_phone"] == PHONE and data["customer_address"] == ADDRESS and data["in_stock"] == "yes"
+    assert views(client, stock_case["id"]) == []  # nothing unmasked was shown to the warehouse
+
+
+def test_a_value_typed_over_the_mask_is_saved_as_typed(client: Any, stock_case: dict[str, Any]) -> None:
+    task_id = stock_case["tasks"][0]["id"]
+    token = login(client, "stock")
+    res = post_form(client, f"/tasks/{task_id}", token, {
+        "customer_phone": "13900001111", "customer_address": "上海市浦东****", "in_stock": "no"})
+    assert res.status_code == 302
+    data = case_data(client, stock_case["id"])
+    assert data["customer_phone"] == "13900001111" and data["customer_address"] == ADDRESS
+
+
+def test_rest_api_masks_case_data_for_roles_that_do_not_need_it(client: Any, stock_case: dict[str, Any]) -> None:
+    cid, task_id = stock_case["id"], stock_case["tasks"][0]["id"]
+    stock, owner, boss = token_for(client, "stock"), token_for(client, "owner"), token_for(client, "boss")
+    task = client.get(f"/api/tasks/{task_id}", headers=stock).get_json()
+    assert task["data"]["customer_phone"] == "138****5678" and task["data"]["customer_address"].endswith("****")
+    for path in (f"/api/instances/{cid}", f"/api/instances/{cid}/history"):
+        text = client.get(path, headers=owner).get_data(as_text=True)
+        assert PHONE not in text and ADDRESS not in text and "138****5678" in text
+    assert views(client, cid) == []
+    res = client.post(f"/api/tasks/{task_id}/complete", headers=stock, json={"data": {
+        "customer_phone": task["data"]["customer_phone"], "customer_address": task["data"]["customer_address"],
+        "in_stock": "yes"}})
+    assert res.status_code == 200, res.get_json()
+    assert res.get_json()["data"]["customer_phone"] == "138****5678"  # the response is masked too
+    assert case_data(client, cid)["customer_phone"] == PHONE  # and the case kept the real number
+    # A supervisor's work needs it: shown as it is, and the view is recorded with the fields.
+    shown = client.get(f"/api/instances/{cid}", headers=boss).get_json()
+    assert shown["data"]["customer_phone"] == PHONE
+    recorded = views(client, cid)
+    assert [r.actor for r in recorded] == ["boss"]
+    assert {"data.customer_phone", "data.customer_address"} <= set(recorded[0].detail["fields"])
