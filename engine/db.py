@@ -42,6 +42,7 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.checkpointer: Checkpointer | None = None
         self._query_engine: Engine | None = None
+        self._busy_seconds = sqlite_busy_timeout_ms() / 1000  # read once: every command waits this long at most
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
             path = _sqlite_path(url)
@@ -81,7 +82,7 @@ class Database:
         if self.checkpointer is not None:
             self.checkpointer.ensure_running()
         if self.is_sqlite:
-            with _sqlite_command(self.engine) as tx:
+            with _sqlite_command(self.engine, self._busy_seconds) as tx:
                 yield tx
             return
         with _transaction(self.engine, self.is_sqlite) as tx:
@@ -298,7 +299,7 @@ def _send_batch_first(engine: Engine) -> None:
 
 
 @contextlib.contextmanager
-def _sqlite_command(engine: Engine) -> Iterator[Transaction]:
+def _sqlite_command(engine: Engine, busy_seconds: float) -> Iterator[Transaction]:
     """A SQLite command: BEGIN IMMEDIATE and COMMIT go straight to the driver. SQLAlchemy's own
     begin and commit cost more than the statements of a small command; it takes over only when
     something (an ORM session, a Core statement) began a transaction on the connection."""
@@ -307,7 +308,7 @@ def _sqlite_command(engine: Engine) -> Iterator[Transaction]:
         tx: Transaction | None = None
         try:
             driver = pooled.driver_connection
-            _begin_immediate(driver, sqlite_busy_timeout_ms() / 1000)  # type: ignore[arg-type]
+            _begin_immediate(driver, busy_seconds)  # type: ignore[arg-type]
             tx = Transaction(None, True, engine, pooled)
             yield tx
             if tx._session is not None:

@@ -15,6 +15,7 @@ Python per statement, where psycopg's cursor spends tens.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -220,9 +221,11 @@ def _cursor(session: Session | Transaction) -> tuple[Any, bool]:
     return cursor, sqlite
 
 
+@functools.lru_cache(maxsize=64)
 def sqlite_time(value: dt.datetime) -> str:
     """SQLAlchemy's SQLite DateTime text (UTC without offset, always with microseconds);
-    ``isoformat`` writes the same as its ``strftime`` at a fraction of the cost."""
+    ``isoformat`` writes the same as its ``strftime`` at a fraction of the cost. Cached: a
+    command writes its own time into most of its rows."""
     if value.tzinfo is not dt.UTC:
         value = value.astimezone(dt.UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")

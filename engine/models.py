@@ -192,7 +192,7 @@ class OpenTask(Base):
     name: Mapped[str] = mapped_column(String(255))
     lane: Mapped[str | None] = mapped_column(String(80))
     form: Mapped[str | None] = mapped_column(String(255))
-    assignee: Mapped[str | None] = mapped_column(String(80), index=True)
+    assignee: Mapped[str | None] = mapped_column(String(80))  # indexed where not null (0010)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     sla_policy: Mapped[str | None] = mapped_column(String(120))
     due_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)  # indexed with created_at, id (0007)
@@ -218,7 +218,7 @@ class Timer(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
     task_id: Mapped[str] = mapped_column(String(36))
     spec: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(20))  # date | duration | cycle

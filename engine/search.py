@@ -8,6 +8,7 @@ one range over an index and a command that leaves those values alone writes noth
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .fastsql import Statement
@@ -38,3 +39,58 @@ def write_changes(tx: Any, case_id: int, before: Any, after: Any, paths: Sequenc
         return
     _DELETE.executemany(tx, [{"case_id": case_id, "path": p} for p, v in old.items() if new.get(p) != v])
     _INSERT.executemany(tx, [{"case_id": case_id, "path": p, "value": v} for p, v in new.items() if old.get(p) != v])
+
+
+@dataclass
+class Rebuilt:
+    cases: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+
+def rebuild(db: Any, paths: Sequence[SearchPath], batch: int = 500) -> Rebuilt:
+    """Bring ``case_search`` in line with the cases' data for ``paths`` (after the searched
+    places changed): rows of places no longer searched go, missing and stale rows are written.
+
+    Each batch of cases is one write transaction holding the cases' locks (the lock commands
+    take), so a command running meanwhile cannot interleave with the rewrite of its case."""
+    from sqlalchemy import delete, select
+
+    from .models import Case, CaseSearch
+
+    wanted = [".".join(p) for p in paths]
+    done = Rebuilt()
+    with db.write() as session:
+        stale = delete(CaseSearch).where(CaseSearch.path.not_in(wanted)) if wanted else delete(CaseSearch)
+        done.removed += session.execute(stale).rowcount or 0
+    after = 0
+    while True:
+        with db.write() as session:
+            query = select(Case.id, Case.data).where(Case.id > after).order_by(Case.id).limit(batch)
+            if not db.is_sqlite:
+                query = query.with_for_update(of=Case)
+            rows = session.execute(query).all()
+            if not rows:
+                return done
+            ids = [r.id for r in rows]
+            have: dict[tuple[int, str], str] = {
+                (r.case_id, r.path): r.value for r in session.execute(
+                    select(CaseSearch.case_id, CaseSearch.path, CaseSearch.value).where(CaseSearch.case_id.in_(ids)))}
+            for case_id, data in rows:
+                values = search_values(data or {}, paths)
+                for path, value in values.items():
+                    old = have.pop((case_id, path), None)
+                    if old == value:
+                        continue
+                    if old is None:
+                        done.added += 1
+                    else:
+                        done.changed += 1
+                        _DELETE.execute(session, {"case_id": case_id, "path": path})
+                    _INSERT.execute(session, {"case_id": case_id, "path": path, "value": value})
+            for case_id, path in have:  # a searched place whose value is no longer text
+                _DELETE.execute(session, {"case_id": case_id, "path": path})
+                done.removed += 1
+            done.cases += len(rows)
+            after = ids[-1]

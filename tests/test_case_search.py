@@ -80,7 +80,7 @@ def test_the_migration_fills_case_search_from_existing_cases(db: Database, handl
             step(cfg, target)
             conn.commit()
 
-    alembic(command.downgrade, "0009_case_search@-1")
+    alembic(command.downgrade, "0008_command_pages")  # before case_search
     try:
         engine = WorkflowEngine(db, handlers)  # no searched places: the table is not there yet
         engine.deploy_paths([SAMPLES], SYSTEM)
@@ -93,3 +93,30 @@ def test_the_migration_fills_case_search_from_existing_cases(db: Database, handl
     assert rows(db, nested["id"]) == {"customer.name": "Zhang San"}
     assert rows(db, empty["id"]) == {}
     assert found(db, "Zhang") == [nested["id"]]
+
+
+def test_rebuild_brings_search_rows_in_line_with_the_data_and_the_searched_places(app: Any, client: Any) -> None:
+    """After the searched places change (or rows went astray), ``aftercare search rebuild``
+    rewrites the rows from each case's data, in batches, and says what it did."""
+    from sqlalchemy import delete, insert, update
+
+    svc = app.extensions["aftercare"]
+    db = svc.db
+    cases = [svc.engine.start_case("sample", {"customer_name": f"Zhao {i}", "customer": {"phone": f"1390000000{i}"}},
+                                   SYSTEM)["id"] for i in range(5)]
+    expected = {cid: rows(db, cid) for cid in cases}
+    assert expected[cases[0]] == {"customer_name": "Zhao 0", "customer.phone": "13900000000"}
+    with db.write() as s:  # a missing row, a stale value, and a place that is no longer searched
+        s.execute(delete(CaseSearch).where(CaseSearch.case_id == cases[1], CaseSearch.path == "customer_name"))
+        s.execute(update(CaseSearch).where(CaseSearch.case_id == cases[2], CaseSearch.path == "customer.phone")
+                  .values(value="000"))
+        s.execute(insert(CaseSearch).values(case_id=cases[3], path="old.place", value="gone"))
+    from app import cli
+
+    result = app.test_cli_runner().invoke(cli, ["search", "rebuild", "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "5 cases: 1 search rows added, 1 changed, 1 removed"
+    assert {cid: rows(db, cid) for cid in cases} == expected
+    assert found(db, "Zhao 1") == [cases[1]] and found(db, "000") == []
+    again = app.test_cli_runner().invoke(cli, ["search", "rebuild"])
+    assert again.output.strip() == "5 cases: 0 search rows added, 0 changed, 0 removed"

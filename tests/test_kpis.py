@@ -544,10 +544,13 @@ def test_history_json_payloads_survive_a_round_trip(db: Database, history: Histo
 
 
 def _signed_in(client: Any, app: Any, username: str) -> None:
-    with app.extensions["aftercare"].db.read() as s:
+    from engine.identity import open_session
+
+    with app.extensions["aftercare"].db.write() as s:
         user_id = s.scalar(select(User.id).where(User.username == username))
+        sid = open_session(s, user_id)
     with client.session_transaction() as sess:
-        sess["user_id"] = user_id
+        sess["user_id"], sess["sid"] = user_id, sid
 
 
 def test_reports_api(app: Any, client: Any) -> None:

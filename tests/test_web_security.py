@@ -51,6 +51,7 @@ def test_security_headers_on_pages_api_and_errors(client: Any) -> None:
         csp = res.headers.get("Content-Security-Policy", "")
         directives = {d.strip().split(" ")[0]: d.strip() for d in csp.split(";") if d.strip()}
         assert "script-src" in directives and "'unsafe-inline'" not in directives["script-src"], (url, csp)
+        assert directives.get("style-src") == "style-src 'self'", (url, csp)  # style sheets are files too
         assert "'unsafe-eval'" not in csp
         assert directives.get("frame-ancestors") == "frame-ancestors 'none'", url
         assert directives.get("object-src") == "object-src 'none'", url
@@ -61,13 +62,15 @@ def test_pages_carry_no_inline_script(client: Any) -> None:
     signed_in(client, "admin")
     case = client.application.extensions["aftercare"].engine.start_case("sample", {}, SYSTEM)
     for url in ("/", "/processes", "/processes/sample", "/board", "/sla", "/reports", "/audit",
-                f"/instances/{case['id']}", f"/tasks/{case['tasks'][0]['id']}", "/instances/new", "/intake"):
+                f"/instances/{case['id']}", f"/tasks/{case['tasks'][0]['id']}", "/instances/new", "/intake",
+                "/standards", "/processes/sample/modeler"):
         res = client.get(url)
         assert res.status_code == 200, url
         html = res.get_data(as_text=True)
         for tag in re.findall(r"<script\b[^>]*>", html, flags=re.I):
             assert "src=" in tag or 'type="application/json"' in tag, (url, tag)
         assert not re.search(r"\son[a-z]+\s*=", html, flags=re.I), url  # no inline event handlers
+        assert "<style" not in html.lower() and not re.search(r"\sstyle\s*=", html, flags=re.I), url
         assert "javascript:" not in html.lower(), url
 
 
@@ -154,6 +157,21 @@ def test_sign_out_ends_the_session_even_for_a_copied_cookie(client: Any, app: An
     assert res.status_code == 302 and "/login" in res.headers["Location"]
     assert thief.get("/api/me").status_code == 401
     assert thief.post("/api/instances", json={"process": "sample"}, headers={"X-CSRF-Token": token}).status_code == 401
+
+
+
+def test_a_cookie_without_a_session_id_is_refused(client: Any, app: Any) -> None:
+    """Every sign-in records a session id; a cookie naming only a user (from before session ids,
+    or made with a leaked secret key) would outlive sign-out, so it opens nothing."""
+    token = signed_in(client, "boss")
+    with client.session_transaction() as sess:
+        del sess["sid"]
+    res = client.get("/")
+    assert res.status_code == 302 and "/login" in res.headers["Location"]
+    assert client.get("/api/me").status_code == 401
+    assert client.post("/api/instances", json={"process": "sample"}, headers={"X-CSRF-Token": token}).status_code == 401
+    with client.session_transaction() as sess:
+        assert "user_id" not in sess  # the stale cookie is cleared
 
 
 PHONE = "13987654321"

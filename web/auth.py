@@ -53,7 +53,8 @@ def current_actor(optional: bool = False) -> Actor | None:
             try:
                 sid = session.get("sid")
                 # A signed-out session id is gone from the database: a copied cookie stops working.
-                if sid is not None and not session_alive(s, int(session["user_id"]), str(sid)):
+                # A cookie without one (signed by hand, or from before sessions had ids) is refused.
+                if sid is None or not session_alive(s, int(session["user_id"]), str(sid)):
                     raise Unauthenticated("session ended")
                 actor = actor_for_user_id(s, int(session["user_id"]))
             except Unauthenticated:

@@ -152,3 +152,15 @@ def test_language_switch(page: Any, live_server: LiveServer) -> None:
     page.goto("/board")
     assert page.locator("h1").inner_text() == "团队看板"
     no_csp_violations(page)
+
+
+def test_customer_pages_are_styled_from_a_file_under_a_strict_policy(page: Any, live_server: LiveServer) -> None:
+    """The customer pages' layout comes from a style sheet file: the policy allows no inline style."""
+    for path in ("/intake", "/standards"):
+        page.goto(path)
+        card = page.locator(".public-card").first
+        card.wait_for()
+        rem = card.evaluate("el => parseFloat(getComputedStyle(el).maxWidth)"
+                            " / parseFloat(getComputedStyle(document.documentElement).fontSize)")
+        assert rem == 46, path  # public.css's 46rem applied
+    no_csp_violations(page)
