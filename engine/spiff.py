@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from lxml import etree
+from SpiffWorkflow import task as _spiff_task
 from SpiffWorkflow.bpmn import BpmnEvent
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
@@ -244,6 +246,19 @@ def _workflow_log_extras(self: Workflow, dct: dict[str, Any] | None = None) -> d
         return dct or {}
     return _spiff_workflow_log_extras(self, dct)  # type: ignore[no-any-return]
 
+
+def new_task_id() -> UUID:
+    """A time-ordered UUID (version 7: milliseconds since the epoch, then 74 random bits) for
+    every new task. Task rows, open tasks and their candidate groups are keyed by task id: new
+    keys land at the end of those indexes, on pages already in memory, instead of on a random
+    page each (which cost a page write per index and command, and cache misses at scale)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    return UUID(int=value & _V7_CLEAR | _V7_SET)
+
+
+_V7_CLEAR = ~(0xF << 76 | 0x3 << 62)  # version and variant bits
+_V7_SET = 0x7 << 76 | 0x2 << 62  # version 7, RFC 9562 variant
+_spiff_task.uuid4 = new_task_id  # SpiffWorkflow's Task() names its id with this
 
 Task._set_state = _set_state  # type: ignore[method-assign]
 Workflow.collect_log_extras = _workflow_log_extras  # type: ignore[method-assign]

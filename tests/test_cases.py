@@ -416,3 +416,21 @@ def test_text_with_a_nul_character_is_refused_naming_the_field(engine: WorkflowE
     with pytest.raises(InvalidInput) as delivered:
         engine.deliver_message("customer_reply", {"ref": "R-1"}, {"reply": "ok\0"}, SYSTEM)
     assert delivered.value.errors == [{"field": "payload.reply", "message": "contains a NUL (0x00) character"}]
+
+
+def test_task_ids_are_time_ordered_uuids(engine: WorkflowEngine) -> None:
+    """Version 7 ids: keyed rows (task rows, open tasks, candidate groups) are appended near the end
+    of their indexes instead of on a random page each."""
+    import time
+    import uuid
+
+    first = engine.start_case("sample", {}, SYSTEM)
+    time.sleep(0.002)
+    second = engine.start_case("sample", {}, SYSTEM)
+    a, b = (uuid.UUID(c["tasks"][0]["id"]) for c in (first, second))
+    assert (a.version, b.version) == (7, 7) and a.variant == uuid.RFC_4122
+    assert a < b  # later tasks sort later
+    assert abs((a.int >> 80) - time.time_ns() // 1_000_000) < 60_000  # the millisecond clock leads
+    with engine.db.read() as s:
+        ids = {uuid.UUID(t) for t in s.scalars(select(CaseTask.task_id))}
+    assert ids and all(i.version == 7 for i in ids)
