@@ -123,3 +123,25 @@ def test_rest_api_masks_case_data_for_roles_that_do_not_need_it(client: Any, sto
     recorded = views(client, cid)
     assert [r.actor for r in recorded] == ["boss"]
     assert {"data.customer_phone", "data.customer_address"} <= set(recorded[0].detail["fields"])
+
+
+def test_recorded_fields_are_exactly_what_masking_hides() -> None:
+    """A view is recorded for the fields masking would hide, no more and no fewer: nested
+    objects, lists of objects and lists of numbers under a phone field alike."""
+    from engine import Actor
+    from web.case_view import masked, personal_fields
+
+    data = {"customer_phone": PHONE, "customer": {"address": ADDRESS, "tel": "", "name": "王芳"},
+            "contacts": [{"mobile": "13900001111"}, {"note": "call after 6"}], "phone": ["02012345678", "1"],
+            "phones_count": "2", "history": [["a", {"home_address": "北京"}]], "id": 7}
+    shown = masked(data, Actor("stock", frozenset({"warehouse"})))
+
+    def changed(a: Any, b: Any, prefix: str = "") -> list[str]:
+        if isinstance(a, dict):
+            return [p for k in a for p in changed(a[k], b[k], f"{prefix}{k}.")]
+        if isinstance(a, list):
+            return [p for i, (x, y) in enumerate(zip(a, b, strict=True)) for p in changed(x, y, f"{prefix}{i}.")]
+        return [prefix[:-1]] if a != b else []
+
+    assert sorted(personal_fields(data)) == sorted(changed(data, shown)) == sorted([
+        "customer_phone", "customer.address", "contacts.0.mobile", "phone.0", "phone.1", "history.0.1.home_address"])

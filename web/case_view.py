@@ -6,6 +6,7 @@ The masking rule lives here and only here (``sees_personal_data``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,13 @@ PERSONAL_DATA_GROUPS = frozenset({"admin", "supervisor", "customer-care", "hotli
                                   "complaints"})
 _PHONE = re.compile(r"(phone|mobile|tel)$", re.I)
 _ADDRESS = re.compile(r"address$", re.I)
+
+
+@functools.lru_cache(maxsize=1024)
+def _personal_key(key: str) -> str | None:
+    """"phone", "address" or None for a field name (cached: every API response with case data
+    is looked through, and the same few dozen names come back all the time)."""
+    return "phone" if _PHONE.search(key) else "address" if _ADDRESS.search(key) else None
 SLA_STATES = ("on_time", "warning", "breached", "paused")
 WARNING_SHARE = 0.8  # the default warning point of an SLA (SPEC: 80 % of the target)
 
@@ -54,9 +62,10 @@ def _mask(data: Any, key: str = "") -> Any:
     if isinstance(data, list):
         return [_mask(v, key) for v in data]
     if isinstance(data, str) and key:
-        if _PHONE.search(key):
+        kind = _personal_key(key)
+        if kind == "phone":
             return mask_phone(data)
-        if _ADDRESS.search(key):
+        if kind == "address":
             return mask_address(data)
     return data
 
@@ -88,17 +97,28 @@ def shown(payload: Any, actor: Actor, what: str, db: Any, case_id: int | None = 
 
 def personal_fields(data: Any, prefix: str = "") -> list[str]:
     """Paths of the phone numbers and addresses present in case data (what masking would hide)."""
+    return _personal_fields(data, prefix, None)
+
+
+def _personal_fields(data: Any, prefix: str, key: str | None) -> list[str]:
+    # ``key``: the field a list hangs from; its text items are masked by that name (``_mask``).
     found: list[str] = []
-    if isinstance(data, Mapping):
+    if isinstance(data, dict | Mapping):
         for k, v in data.items():
-            path = f"{prefix}{k}"
-            if isinstance(v, str) and v and (_PHONE.search(str(k)) or _ADDRESS.search(str(k))):
-                found.append(path)
-            elif isinstance(v, Mapping | list):
-                found += personal_fields(v, path + ".")
+            kind = type(v)
+            if kind is str:
+                if v and _personal_key(str(k)):
+                    found.append(f"{prefix}{k}")
+            elif kind is dict or kind is list or isinstance(v, Mapping):
+                found += _personal_fields(v, f"{prefix}{k}.", str(k))
     elif isinstance(data, list):
+        personal = key is not None and _personal_key(key) is not None
         for i, v in enumerate(data):
-            found += personal_fields(v, f"{prefix}{i}.")
+            if type(v) is str:
+                if personal and v:
+                    found.append(f"{prefix}{i}")
+            elif type(v) is dict or type(v) is list or isinstance(v, Mapping):
+                found += _personal_fields(v, f"{prefix}{i}.", key)
     return found
 
 
