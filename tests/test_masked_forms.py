@@ -145,3 +145,29 @@ def test_recorded_fields_are_exactly_what_masking_hides() -> None:
 
     assert sorted(personal_fields(data)) == sorted(changed(data, shown)) == sorted([
         "customer_phone", "customer.address", "contacts.0.mobile", "phone.0", "phone.1", "history.0.1.home_address"])
+
+
+def test_a_replay_divergence_shows_case_data_masked_as_everywhere_else(client: Any) -> None:
+    """Verification shows both sides of a divergence: the case data recorded and replayed."""
+    from tests.test_audit import REGISTER, edit_event, rehash, seq_of
+
+    svc = client.application.extensions["aftercare"]
+    case = svc.engine.start_case("sample", {"customer_phone": PHONE}, SYSTEM)
+    svc.engine.complete_task(case["tasks"][0]["id"], {**REGISTER, "customer_phone": PHONE}, SYSTEM)
+    seq = seq_of(svc.engine, case["id"], "task_completed", "register")
+    edit_event(svc.engine, case["id"], seq, payload={"data": {**REGISTER, "customer_phone": "13900009999"}})
+    rehash(svc.engine, case["id"])  # a consistent forgery: only the replay finds it
+
+    login(client, "owner")  # process owners read cases but do not call customers
+    page = body(client.get(f"/instances/{case['id']}/verify"))
+    assert f"在事件 #{seq} 处不一致" in page  # the divergence is shown...
+    assert PHONE not in page and "13900009999" not in page and "138****5678" in page  # ...masked
+    report = client.get(f"/api/instances/{case['id']}/verify", headers=token_for(client, "auditor")).get_json()
+    assert report["replay"]["divergence"]["seq"] == seq
+    assert PHONE not in json.dumps(report) and "139****9999" in json.dumps(report)
+    assert views(client, case["id"]) == []
+
+    login(client, "boss")
+    page = body(client.get(f"/instances/{case['id']}/verify"))
+    assert PHONE in page and "13900009999" in page
+    assert [r.actor for r in views(client, case["id"])] == ["boss"]

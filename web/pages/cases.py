@@ -19,6 +19,7 @@ from ..case_view import (
     personal_fields,
     record_personal_view,
     sees_personal_data,
+    shown,
     sla_state,
 )
 from .common import actor, db, engine, may_audit, may_start_cases, may_supervise, may_work, require, staff_page
@@ -75,6 +76,8 @@ def verify(case_id: int) -> str:
     me = actor()
     found = engine().get_case(case_id, me)  # NotFound / Forbidden as for the case page
     report = records.verify_case(db(), case_id, engine().specs)
+    if (report.get("replay") or {}).get("divergence"):  # both sides of a divergence show case data
+        report = shown(report, me, f"verification of case {case_id} (divergence shown)", db(), case_id)
     return render_template("verify.html", case=found, report=report, may_export=may_audit(me))
 
 
