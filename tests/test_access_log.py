@@ -67,7 +67,8 @@ def test_personal_data_views_and_exports_are_recorded(client: Any, app: Any) -> 
     assert [(r["actor"], r["action"], r["what"]) for r in mine] == [
         ("agent", "view_personal_data", "customer 7: phone, address"),
         ("auditor", "export", f"export of case {cid}"),
-        ("admin", "view_personal_data", f"case {cid} as of event 1"),
+        ("admin", "view_personal_data",
+         f"case {cid} as of event 1: data.phone, events.0.payload.data.phone, tasks.1.data.phone"),
         ("agent", "view_personal_data", f"case {cid} (started): data.phone"),
     ]
     assert mine[1]["detail"]["events"] >= 2 and len(mine[1]["detail"]["bundle_sha256"]) == 64

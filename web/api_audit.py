@@ -16,7 +16,7 @@ from engine import Actor, Forbidden, InvalidInput, Unauthenticated
 from engine.audit import access, bundle, chain, records
 
 from .auth import current_actor, services
-from .case_view import masked, personal_fields, sees_personal_data
+from .case_view import shown
 from .openapi import OPERATIONS, route
 from .params import int_arg
 
@@ -66,12 +66,8 @@ def verify_instance(case_id: int) -> Response:
     with_replay = request.args.get("replay", "1").lower() not in ("0", "false", "no")
     engine = services().engine
     report = records.verify_case(services().db, case_id, engine.specs, with_replay=with_replay)
-    divergence = (report.get("replay") or {}).get("divergence")
-    if divergence and not sees_personal_data(actor):  # both sides of a divergence show case data
-        report = masked(report, actor)
-    elif divergence and personal_fields(divergence):
-        _record(actor, f"verification of case {case_id} (divergence shown)", access.VIEW_PERSONAL_DATA, case_id,
-                {"seq": divergence.get("seq")})
+    if (report.get("replay") or {}).get("divergence"):  # both sides of a divergence show case data
+        report = shown(report, actor, f"verification of case {case_id} (divergence shown)", services().db, case_id)
     return jsonify(report)
 
 
@@ -84,12 +80,8 @@ def instance_at(case_id: int, seq: int) -> Response:
     _visible_case(case_id, actor)
     diff_from = int_arg("diff_from")
     state = records.case_at(services().db, case_id, seq, diff_from, services().engine.specs)
-    if not sees_personal_data(actor):  # as on the time-travel page: masked for roles that do not need it
-        return jsonify(masked(state, actor))
-    if personal_fields(state):
-        _record(actor, f"case {case_id} as of event {seq}", access.VIEW_PERSONAL_DATA, case_id,
-                {"seq": seq, "diff_from": diff_from, "fields": personal_fields(state)})
-    return jsonify(state)
+    # As on the time-travel page: masked for roles that do not need it, else the view recorded.
+    return jsonify(shown(state, actor, f"case {case_id} as of event {seq}", services().db, case_id))
 
 
 @route(api_audit, "/instances/<int:case_id>/export", "GET",
