@@ -171,3 +171,21 @@ def test_a_replay_divergence_shows_case_data_masked_as_everywhere_else(client: A
     page = body(client.get(f"/instances/{case['id']}/verify"))
     assert PHONE in page and "13900009999" in page
     assert [r.actor for r in views(client, case["id"])] == ["boss"]
+
+
+def test_masked_text_changed_in_part_is_refused_naming_the_field(client: Any, stock_case: dict[str, Any]) -> None:
+    task_id = stock_case["tasks"][0]["id"]
+    token = login(client, "stock")
+    res = post_form(client, f"/tasks/{task_id}", token, {
+        "customer_phone": "138****5679", "customer_address": "上海市浦东****", "in_stock": "yes"})
+    assert res.status_code == 422
+    page = body(res)
+    assert "请保持原样，或输入完整的新内容" in page and 'id="f-customer_phone-error"' in page
+    assert PHONE not in page
+    res = client.post(f"/api/tasks/{task_id}/complete", headers=token_for(client, "stock"), json={"data": {
+        "customer_phone": "138****5678", "customer_address": "上海市浦东新区****", "in_stock": "yes"}})
+    assert res.status_code == 422
+    assert res.get_json()["errors"] == [{"field": "customer_address", "message": "shown masked: send it back "
+                                                                              "unchanged or type the whole new value"}]
+    assert case_data(client, stock_case["id"]) == {"customer_phone": PHONE, "customer_address": ADDRESS}
+    assert client.application.extensions["aftercare"].engine.get_case(stock_case["id"], SYSTEM)["tasks"]

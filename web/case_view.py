@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine import Actor
+from engine import Actor, FormInvalid
 from engine.models import Timer, utcnow
 
 # Groups whose work needs the customer's phone and address (seed 002: access by role).
@@ -73,16 +73,31 @@ def _mask(data: Any, key: str = "") -> Any:
 def keep_masked_values(submitted: Any, current: Any, actor: Actor) -> Any:
     """Form data from a user who was shown it masked: a field sent back exactly as its masked
     text keeps the case's real value (the mask never overwrites a phone number or address);
-    anything the user typed goes through as typed."""
+    a whole new value typed over it goes through as typed; masked text changed in part
+    (``138****5679``) is refused naming the field, since it would store the stars."""
     if sees_personal_data(actor) or not isinstance(submitted, Mapping) or not isinstance(current, Mapping):
         return submitted
+    errors: list[dict[str, str]] = []
+    out = _keep_masked(submitted, current, "", errors)
+    if errors:
+        raise FormInvalid(f"{len(errors)} form field(s) are invalid", errors)
+    return out
+
+
+def _keep_masked(submitted: Mapping[str, Any], current: Mapping[str, Any], prefix: str,
+                 errors: list[dict[str, str]]) -> dict[str, Any]:
     out = dict(submitted)
     for key, value in submitted.items():
         old = current.get(key)
         if isinstance(value, Mapping) and isinstance(old, Mapping):
-            out[key] = keep_masked_values(value, old, actor)
-        elif isinstance(value, str) and isinstance(old, str) and value != old and _mask(old, str(key)) == value:
-            out[key] = old
+            out[key] = _keep_masked(value, old, f"{prefix}{key}.", errors)
+        elif isinstance(value, str) and isinstance(old, str) and value != old:
+            shown_as = _mask(old, str(key))
+            if shown_as == value:
+                out[key] = old
+            elif shown_as != old and "*" in value:
+                errors.append({"field": f"{prefix}{key}", "message": "shown masked: send it back unchanged or "
+                                                                    "type the whole new value"})
     return out
 
 

@@ -116,6 +116,10 @@ def localize_message(message: str) -> str:
         return _("Choose one of the options.")
     if message.startswith("Additional properties are not allowed"):
         return _("Contains fields that this form does not accept.")
+    if message.startswith("shown masked:"):
+        return _("Shown masked: leave it as it is or type the whole new value.")
+    if message == "contains a NUL (0x00) character":
+        return _("Contains a character that is not allowed (NUL).")
     return message
 
 

@@ -90,7 +90,11 @@ def submit(task_id: str) -> Response | tuple[str, int]:
     if isinstance(loaded, Response):
         return loaded
     me = actor()
-    data = keep_masked_values(parse_form(loaded.get("form"), request.form, tz=get_timezone()), loaded.get("data"), me)
+    data = parse_form(loaded.get("form"), request.form, tz=get_timezone())
+    try:
+        data = keep_masked_values(data, loaded.get("data"), me)
+    except FormInvalid as exc:
+        return _page(loaded, data, exc.errors, 422)
     if request.form.get("action") == "draft":
         engine().save_draft(task_id, data, me)
         flash(_("Draft saved."), "success")

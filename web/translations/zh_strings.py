@@ -43,6 +43,9 @@ ZH: dict[str, str] = {
     "Must be at least %(n)s.": "不能小于 %(n)s。",
     "Must be at most %(n)s.": "不能大于 %(n)s。",
     "Too short.": "内容太短。",
+    "Shown masked: leave it as it is or type the whole new value.":
+        "此处已隐藏部分内容：请保持原样，或输入完整的新内容。",
+    "Contains a character that is not allowed (NUL).": "含有不允许的字符（NUL）。",
     "Add at least one entry.": "请至少添加一项。",
     "Too long.": "内容太长。",
     "Not in the expected format.": "格式不正确。",
