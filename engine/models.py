@@ -242,6 +242,7 @@ class OutboxMessage(Base):
     """Outgoing notification written in the command's transaction; a dispatcher sends it later."""
 
     __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_recipient", "recipient", "id"),)  # a user's notices, newest first
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="SET NULL"), index=True)

@@ -1,5 +1,6 @@
 """The migrated schema serves the lookups that run at scale with an index, on both backends:
-a finished task's case by task id (404 or 409), a user's assigned tasks, a case's timers."""
+a finished task's case by task id (404 or 409), a user's assigned tasks, a case's timers, a
+user's notices."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ LOOKUPS = {
     "SELECT case_id FROM case_tasks WHERE task_id = 'x' LIMIT 1": "ix_case_tasks_task_id",
     "SELECT id FROM open_tasks WHERE assignee = 'wang'": "ix_open_tasks_assignee",
     "SELECT id FROM open_tasks WHERE assignee IS NOT NULL": "ix_open_tasks_assignee",
+    "SELECT id FROM outbox WHERE channel = 'staff' AND recipient = 'wang' ORDER BY id DESC LIMIT 50":
+        "ix_outbox_recipient",
 }
 
 

@@ -1,4 +1,4 @@
-"""indexes that match the queries: a task's case by task id, assignees only where assigned
+"""indexes that match the queries: a task's case by task id, assignees only where assigned, notices
 
 - ``case_tasks (task_id)``: the model declared it but no migration made it, so telling a
   finished task (409) from an unknown one (404) read the whole table.
@@ -7,6 +7,8 @@
   the queries that use it name an assignee or ask for assigned tasks.
 - ``timers (case_id)`` goes: the unique ``(case_id, task_id, due_at)`` index serves the same
   lookups, and every timer written paid for both.
+- ``outbox (recipient, id)``: a user's staff notices, newest first, read every outgoing
+  message ever written before.
 
 Revision ID: 0010_task_indexes
 Revises: 0009_case_search
@@ -27,9 +29,11 @@ def upgrade() -> None:
     op.execute("DROP INDEX IF EXISTS ix_open_tasks_assignee")
     op.execute("CREATE INDEX ix_open_tasks_assignee ON open_tasks (assignee) WHERE assignee IS NOT NULL")
     op.execute("DROP INDEX IF EXISTS ix_timers_case_id")
+    op.execute("CREATE INDEX IF NOT EXISTS ix_outbox_recipient ON outbox (recipient, id)")
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX IF EXISTS ix_outbox_recipient")
     op.execute("CREATE INDEX IF NOT EXISTS ix_timers_case_id ON timers (case_id)")
     op.execute("DROP INDEX IF EXISTS ix_open_tasks_assignee")
     op.execute("CREATE INDEX ix_open_tasks_assignee ON open_tasks (assignee)")
