@@ -189,3 +189,23 @@ def test_masked_text_changed_in_part_is_refused_naming_the_field(client: Any, st
                                                                               "unchanged or type the whole new value"}]
     assert case_data(client, stock_case["id"]) == {"customer_phone": PHONE, "customer_address": ADDRESS}
     assert client.application.extensions["aftercare"].engine.get_case(stock_case["id"], SYSTEM)["tasks"]
+
+
+def test_masked_values_are_kept_in_nested_groups_of_fields() -> None:
+    """Forms with a group of fields (the installation order's customer) come back nested."""
+    from engine import Actor, FormInvalid
+    from web.case_view import keep_masked_values, masked
+
+    sales = Actor("sales1", frozenset({"sales"}))
+    current = {"customer": {"name": "王芳", "phone": PHONE, "address": ADDRESS}, "order_no": "A-1"}
+    sent = masked(current, sales)
+    assert sent["customer"]["phone"] == "138****5678"
+    assert keep_masked_values({**sent, "order_no": "A-2"}, current, sales) == {**current, "order_no": "A-2"}
+    typed = {**sent, "customer": {**sent["customer"], "address": "北京市海淀区中关村大街1号"}}
+    assert keep_masked_values(typed, current, sales)["customer"] == {
+        "name": "王芳", "phone": PHONE, "address": "北京市海淀区中关村大街1号"}
+    with pytest.raises(FormInvalid) as refused:
+        keep_masked_values({"customer": {**sent["customer"], "phone": "139****5678"}}, current, sales)
+    assert [e["field"] for e in refused.value.errors] == ["customer.phone"]
+    boss = Actor("boss", frozenset({"supervisor"}))
+    assert keep_masked_values(sent, current, boss) is sent  # shown unmasked: taken as typed
