@@ -77,15 +77,21 @@ def case_data(client: Any, case_id: int) -> dict[str, Any]:
     return client.application.extensions["aftercare"].engine.get_case(case_id, SYSTEM)["data"]
 
 
+def submit_as_warehouse(client: Any, case: dict[str, Any], phone: str, address: str, in_stock: str) -> Any:
+    """The stock check's form posted by the warehouse clerk (who is shown personal data masked)."""
+    token = login(client, "stock")
+    return post_form(client, f"/tasks/{case['tasks'][0]['id']}", token, {
+        "customer_phone": phone, "customer_address": address, "in_stock": in_stock})
+
+
 def test_task_form_prefill_is_masked_and_an_untouched_field_keeps_the_real_value(
         client: Any, stock_case: dict[str, Any]) -> None:
     task_id = stock_case["tasks"][0]["id"]
-    token = login(client, "stock")
+    login(client, "stock")
     page = body(client.get(f"/tasks/{task_id}"))
     assert PHONE not in page and ADDRESS not in page
     assert 'value="138****5678"' in page and "上海市浦东****" in page
-    res = post_form(client, f"/tasks/{task_id}", token, {
-        "customer_phone": "138****5678", "customer_address": "上海市浦东****", "in_stock": "yes"})
+    res = submit_as_warehouse(client, stock_case, "138****5678", "上海市浦东****", "yes")
     assert res.status_code == 302, body(res)[:500]
     data = case_data(client, stock_case["id"])
     assert data["customer_phone"] == PHONE and data["customer_address"] == ADDRESS and data["in_stock"] == "yes"
@@ -93,10 +99,7 @@ def test_task_form_prefill_is_masked_and_an_untouched_field_keeps_the_real_value
 
 
 def test_a_value_typed_over_the_mask_is_saved_as_typed(client: Any, stock_case: dict[str, Any]) -> None:
-    task_id = stock_case["tasks"][0]["id"]
-    token = login(client, "stock")
-    res = post_form(client, f"/tasks/{task_id}", token, {
-        "customer_phone": "13900001111", "customer_address": "上海市浦东****", "in_stock": "no"})
+    res = submit_as_warehouse(client, stock_case, "13900001111", "上海市浦东****", "no")
     assert res.status_code == 302
     data = case_data(client, stock_case["id"])
     assert data["customer_phone"] == "13900001111" and data["customer_address"] == ADDRESS
@@ -175,9 +178,7 @@ def test_a_replay_divergence_shows_case_data_masked_as_everywhere_else(client: A
 
 def test_masked_text_changed_in_part_is_refused_naming_the_field(client: Any, stock_case: dict[str, Any]) -> None:
     task_id = stock_case["tasks"][0]["id"]
-    token = login(client, "stock")
-    res = post_form(client, f"/tasks/{task_id}", token, {
-        "customer_phone": "138****5679", "customer_address": "上海市浦东****", "in_stock": "yes"})
+    res = submit_as_warehouse(client, stock_case, "138****5679", "上海市浦东****", "yes")
     assert res.status_code == 422
     page = body(res)
     assert "请保持原样，或输入完整的新内容" in page and 'id="f-customer_phone-error"' in page

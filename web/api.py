@@ -28,9 +28,7 @@ def _shown(body: Any, what: str, case_id: int | None) -> Any:
 def _form_data(task_id: str, data: Any) -> Any:
     """Form data as submitted, with fields sent back as their masked text keeping the real value."""
     actor = current_actor()
-    if not isinstance(data, dict):
-        return data
-    if sees_personal_data(actor):
+    if not isinstance(data, dict) or sees_personal_data(actor):  # nothing was shown masked: no read needed
         return data
     current = services().engine.get_task(task_id, actor).get("data") or {}
     return keep_masked_values(data, current, actor)
