@@ -37,30 +37,46 @@ def field_errors(schema_json: str, data: Any) -> list[dict[str, str]]:
     return errors
 
 
-def nul_fields(data: Any, path: str = "") -> list[str]:
-    """Places in submitted data whose text (or key) holds a NUL character: never meant, and
-    PostgreSQL cannot store it in a text column."""
-    if isinstance(data, str):
-        return [path or "(form)"] if "\0" in data else []
-    found: list[str] = []
-    if isinstance(data, dict):
-        for key, value in data.items():
+# Deeper structures than any form makes; a deep enough one would break JSON encoding, history
+# replay and verification of the case later (Python's recursion limit), so it is refused here.
+MAX_DEPTH = 32
+
+
+def data_problems(data: Any) -> list[tuple[str, str]]:
+    """(place, message) for each place in submitted data that cannot be stored: text (or a key)
+    holding a NUL character (never meant, and PostgreSQL cannot store it in a text column), or
+    nesting deeper than ``MAX_DEPTH``. Walks without recursion, so any depth is reported."""
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if "\0" in value:
+                found.append((path or "(form)", "contains a NUL (0x00) character"))
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_DEPTH:
+            found.append((path or "(form)", f"is nested more than {MAX_DEPTH} levels deep"))
+            continue
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in reversed(list(items)):
             place = f"{path}.{key}" if path else str(key)
-            found += [place] if "\0" in str(key) else nul_fields(value, place)
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            found += nul_fields(value, f"{path}.{i}" if path else str(i))
-    return found
+            if "\0" in str(key):
+                found.append((place, "contains a NUL (0x00) character"))
+            else:
+                stack.append((item, place, depth + 1))
+    return sorted(found)
 
 
-def nul_errors(data: Any, prefix: str = "") -> list[dict[str, str]]:
-    return [{"field": f"{prefix}{place}", "message": "contains a NUL (0x00) character"} for place in nul_fields(data)]
+def data_errors(data: Any, prefix: str = "") -> list[dict[str, str]]:
+    return [{"field": f"{prefix}{place}", "message": message} for place, message in data_problems(data)]
 
 
 def validate_submission(schema_json: str | None, data: Any) -> None:
     if not isinstance(data, dict):
         raise FormInvalid("form data must be a JSON object", [{"field": "(form)", "message": "expected an object"}])
-    errors = nul_errors(data)
+    errors = data_errors(data)
     if errors:
         raise FormInvalid(f"{len(errors)} form field(s) are invalid", errors)
     if schema_json is None:

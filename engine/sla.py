@@ -206,7 +206,8 @@ class SlaPolicy:
             errors.append({"field": "name", "message": "1 to 120 letters, digits, '.', '_' or '-'"})
         target = data.get("target")
         if not _positive_duration(target):
-            errors.append({"field": "target", "message": "a positive ISO 8601 duration such as PT4H or P1D"})
+            errors.append({"field": "target",
+                           "message": "a positive ISO 8601 duration such as PT4H or P1D, at most 10 years"})
         calendar = data.get("calendar", ALWAYS_OPEN)
         if not isinstance(calendar, str) or not _NAME_RE.match(calendar):
             errors.append({"field": "calendar", "message": f"'{ALWAYS_OPEN}' or the name of a business calendar"})
@@ -222,7 +223,8 @@ class SlaPolicy:
             by_priority = {}
         for prio, duration in by_priority.items():
             if not isinstance(prio, str) or not prio or not _positive_duration(duration):
-                errors.append({"field": f"priority_targets.{prio}", "message": "a positive ISO 8601 duration"})
+                errors.append({"field": f"priority_targets.{prio}",
+                               "message": "a positive ISO 8601 duration, at most 10 years"})
         steps: list[EscalationStep] = []
         raw_steps = data.get("escalation", [])
         if not isinstance(raw_steps, list):
@@ -238,7 +240,8 @@ class SlaPolicy:
                 errors.append({"field": where, "message": f"unknown keys: {', '.join(sorted(unknown))}"})
             after = raw.get("after", "PT0S")
             if not _duration(after):
-                errors.append({"field": f"{where}.after", "message": "an ISO 8601 duration after the breach"})
+                errors.append({"field": f"{where}.after",
+                               "message": "an ISO 8601 duration after the breach, at most 10 years"})
             action = raw.get("action")
             if action not in ACTIONS:
                 errors.append({"field": f"{where}.action", "message": f"one of {', '.join(ACTIONS)}"})
@@ -257,12 +260,18 @@ class SlaPolicy:
                    priority_targets=tuple(sorted(by_priority.items())))
 
 
+# Longer targets and escalation delays than any service rule names; far longer ones would run past
+# the calendar's last year when a due date is computed, failing every case that uses the policy.
+MAX_DURATION_DAYS = 120 * 31  # ten years, months counted long
+CALENDAR_YEARS = (1970, 2999)
+
+
 def _duration(value: Any) -> bool:
     try:
-        parse_duration(value)
-    except (ValueError, TypeError):
+        parts = parse_duration(value)
+    except (ValueError, TypeError, OverflowError):
         return False
-    return True
+    return parts.months * 31 + parts.weeks * 7 + parts.days + parts.time.days <= MAX_DURATION_DAYS
 
 
 def _positive_duration(value: Any) -> bool:
@@ -487,6 +496,9 @@ class SlaService:
         """Replace one year's public holidays and make-up working days (调休) of a calendar."""
         actor.require(POLICY_EDITORS, "changing calendars")
         self._check_calendar_name(name)
+        if not CALENDAR_YEARS[0] <= year <= CALENDAR_YEARS[1]:
+            raise InvalidInput(f"invalid calendar year {year}", [{
+                "field": "year", "message": f"from {CALENDAR_YEARS[0]} to {CALENDAR_YEARS[1]}"}])
         if session.get(SlaCalendarRow, name) is None:
             base = china_calendar(year, name=name) if name == DEFAULT_CALENDAR else BusinessCalendar(name=name)
         else:

@@ -21,7 +21,7 @@ from .definitions import SourceFile, parse_bundle, read_source
 from .errors import Conflict, Forbidden, FormInvalid, InvalidInput, NotFound
 from .fastsql import Statement, parse_time
 from .history import event_dict
-from .identity import DEPLOYERS, SYSTEM, Actor, may_see_task, may_work_task
+from .identity import DEPLOYERS, SYSTEM, Actor, groups_of, may_see_task, may_work_task
 from .models import (
     Case,
     CaseEvent,
@@ -33,6 +33,7 @@ from .models import (
     ProcessVersion,
     TaskCandidate,
     Timer,
+    User,
     utcnow,
 )
 from .runtime import (
@@ -200,7 +201,7 @@ class WorkflowEngine:
         actor.require_writer()
         if data is not None and not isinstance(data, dict):
             raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
-        errors = forms.nul_errors(data or {}, "data.")
+        errors = forms.data_errors(data or {}, "data.")
         if errors:
             raise InvalidInput(f"{len(errors)} data field(s) are invalid", errors)
         return self.runtime.create(process_key, dict(data or {}), actor).to_dict()
@@ -234,19 +235,37 @@ class WorkflowEngine:
     def assign(self, task_id: str, assignee: str | None, actor: Actor) -> dict[str, Any]:
         """Supervisors hand a task to someone (or back to the group)."""
         actor.require({"admin", "supervisor"}, "reassigning tasks")
+        assignee_groups = self._assignee_groups(assignee) if assignee is not None else None
 
         def apply(cmd: Command) -> dict[str, Any]:
             info = self._open_info(cmd, task_id)
+            if assignee_groups is not None and not assignee_groups & ({"admin", "supervisor"} | set(info.groups)):
+                raise InvalidInput(f"{assignee} is not in the groups that work task {task_id}", [{
+                    "field": "assignee",
+                    "message": f"not a member of {', '.join(sorted(info.groups))} (nor a supervisor)"}])
             self.runtime.set_assignee(cmd, task_id, assignee)
             cmd.record("task_assigned", spiff.find_task(cmd.workflow, task_id), {"assignee": assignee})
             return open_task_dict(task_id, cmd.case.id, cmd.case.process_key, info)
 
         return self.runtime.execute_for_task(task_id, actor, apply)[1]
 
+    def _assignee_groups(self, username: str) -> frozenset[str]:
+        """The groups of an active user who may work tasks; InvalidInput naming ``assignee``
+        for an unknown, disabled or read-only (auditor) user."""
+        with self.db.read() as session:
+            user = session.scalar(select(User).where(User.username == username))
+            groups = groups_of(session, user.id) if user is not None and user.active else None
+        if groups is None:
+            raise InvalidInput(f"no active user '{username}'",
+                               [{"field": "assignee", "message": "unknown or disabled user"}])
+        if Actor(username, groups).read_only:
+            raise InvalidInput(f"{username} has read-only access", [{"field": "assignee", "message": "read-only user"}])
+        return groups
+
     def save_draft(self, task_id: str, data: dict[str, Any], actor: Actor) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InvalidInput("data must be a JSON object", [{"field": "data", "message": "expected an object"}])
-        errors = forms.nul_errors(data)  # a draft is stored as it is; the same rule as a completion
+        errors = forms.data_errors(data)  # a draft is stored as it is; the same rule as a completion
         if errors:
             raise FormInvalid(f"{len(errors)} form field(s) are invalid", errors)
 
@@ -293,14 +312,25 @@ class WorkflowEngine:
             raise InvalidInput("invalid message", [{
                 "field": "name/correlation/payload",
                 "message": "name is required; correlation and payload are objects"}])
-        errors = forms.nul_errors(payload, "payload.")
+        errors = forms.data_errors(payload, "payload.")
         if errors:
             raise InvalidInput(f"{len(errors)} payload field(s) are invalid", errors)
+        instance = correlation.get("instance")
+        if "instance" in correlation and (type(instance) is not int or not 0 < instance < 2**63):
+            raise InvalidInput("invalid message", [{
+                "field": "correlation.instance", "message": "must be a case id (a positive integer)"}])
         with self.db.read() as session:
             q = select(MessageSubscription.case_id).where(MessageSubscription.message == name).distinct()
-            if "instance" in correlation:
-                q = q.where(MessageSubscription.case_id == int(correlation["instance"]))
+            if instance is not None:
+                q = q.where(MessageSubscription.case_id == instance)
             candidates = sorted(set(session.scalars(q)))
+            if not actor.system:
+                # A staff member speaks for the customer only in cases they may read: a message
+                # names no case for them to reach otherwise (and a named one must be readable).
+                visible = [c for c in candidates if self._may_read(session, session.get(Case, c), actor)]
+                if instance is not None and candidates and not visible:
+                    raise Forbidden(f"case {instance} is not visible to {actor.username}")
+                candidates = visible
         delivered = []
         for case_id in candidates:
             def apply(cmd: Command) -> bool:
@@ -376,8 +406,12 @@ class WorkflowEngine:
 
         return self.runtime.execute(case_id, actor, apply)[0].to_dict()
 
-    def cancel(self, case_id: int, reason: str, actor: Actor) -> dict[str, Any]:
+    def cancel(self, case_id: int, reason: str | None, actor: Actor) -> dict[str, Any]:
         actor.require({"admin", "supervisor"}, "cancelling a case")
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput("a reason is required to cancel a case",
+                               [{"field": "reason", "message": "required text"}])
+        reason = reason.strip()[:500]
 
         def apply(cmd: Command) -> None:
             if cmd.case.status in ("completed", "cancelled"):
@@ -504,19 +538,24 @@ class WorkflowEngine:
             raise Forbidden(f"task {task_id} belongs to group(s) {', '.join(sorted(groups))}")
 
     def _check_case_read(self, session: Session, case: Case, actor: Actor) -> None:
+        if not self._may_read(session, case, actor):
+            raise Forbidden(f"case {case.id} is not visible to {actor.username}")
+
+    @staticmethod
+    def _may_read(session: Session, case: Case | None, actor: Actor) -> bool:
+        if case is None:
+            return False
         if actor.system or actor.groups & CASE_READERS or case.started_by == actor.username:
-            return
+            return True
         involved = session.scalar(select(func.count()).select_from(CaseEvent)
                                   .where(CaseEvent.case_id == case.id, CaseEvent.actor == actor.username))
         if involved:
-            return
-        visible = session.scalar(
+            return True
+        return bool(session.scalar(
             select(func.count()).select_from(OpenTask).where(
                 OpenTask.case_id == case.id,
                 or_(OpenTask.assignee == actor.username,
-                    OpenTask.id.in_(select(TaskCandidate.task_id).where(TaskCandidate.group_name.in_(actor.groups))))))
-        if not visible:
-            raise Forbidden(f"case {case.id} is not visible to {actor.username}")
+                    OpenTask.id.in_(select(TaskCandidate.task_id).where(TaskCandidate.group_name.in_(actor.groups)))))))
 
     def _require_case_access(self, case_id: int, actor: Actor, write: bool = False) -> None:
         with self.db.read() as session:

@@ -289,9 +289,12 @@ def receive_and_notify(engine: Any, request_id: int, actor: Actor = SYSTEM) -> l
         info = request_dict(req)
     if not info["case_ref"]:
         return []
+    # The booking, not the clerk, tells the case: it reaches the case that raised the request
+    # whether or not the clerk may read that case; history still names the clerk.
+    booking = actor if actor.system else Actor(actor.username, actor.groups, system=True)
     return engine.deliver_message("stock_arrived", {"case_ref": info["case_ref"]},
                                   {"request_id": info["request_id"], "request_no": info["request_no"],
-                                   "items": info["items"]}, actor)
+                                   "items": info["items"]}, booking)
 
 
 # --- handlers -------------------------------------------------------------------------------

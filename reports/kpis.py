@@ -138,6 +138,10 @@ def parse_period(text: str) -> Period:
     return Period.month(t)
 
 
+# Years a report may name: far enough either way, and clear of the calendar's ends (year 1, 9999).
+REPORT_YEARS = (1970, 2999)
+
+
 def period_from_args(start: str | None, end: str | None, now: dt.datetime | None = None) -> Period:
     """``from``/``to`` as YYYY-MM-DD (both inclusive) or YYYY-MM; default: the current month."""
     zone = report_zone()
@@ -147,6 +151,10 @@ def period_from_args(start: str | None, end: str | None, now: dt.datetime | None
         if not text:
             return None
         text = text.strip()
+        years = re.match(r"\d{4}", text)
+        if years and not REPORT_YEARS[0] <= int(years.group()) <= REPORT_YEARS[1]:
+            raise InvalidInput(f"date {text!r} is out of range", [{
+                "field": field_name, "message": f"the year must be from {REPORT_YEARS[0]} to {REPORT_YEARS[1]}"}])
         try:
             if re.fullmatch(r"\d{4}-\d{1,2}", text):
                 p = Period.month(text, zone)

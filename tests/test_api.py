@@ -27,6 +27,28 @@ def test_login_is_throttled(client: Any) -> None:
         assert client.post("/api/auth/token", json={"username": "tech", "password": "nope"}).status_code == 401
     locked = client.post("/api/auth/token", json={"username": "tech", "password": PASSWORD})
     assert locked.status_code == 429
+    # The lock holds where the failures came from: nobody can lock a colleague out from elsewhere.
+    elsewhere = client.post("/api/auth/token", json={"username": "tech", "password": PASSWORD},
+                            environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    assert elsewhere.status_code == 200
+
+
+def test_a_username_guessed_from_many_addresses_is_locked_everywhere(client: Any) -> None:
+    for i in range(50):
+        res = client.post("/api/auth/token", json={"username": "tech", "password": "nope"},
+                          environ_base={"REMOTE_ADDR": f"10.1.{i}.1"})
+        assert res.status_code == 401
+    res = client.post("/api/auth/token", json={"username": "tech", "password": PASSWORD},
+                      environ_base={"REMOTE_ADDR": "10.2.0.1"})
+    assert res.status_code == 429
+
+
+def test_bearer_tokens_can_be_revoked(client: Any) -> None:
+    token = token_for(client, "agent")
+    assert client.get("/api/me", headers=token).status_code == 200
+    assert client.delete("/api/auth/token", headers=token).status_code == 204
+    assert client.get("/api/me", headers=token).status_code == 401
+    assert client.delete("/api/auth/token").status_code == 401
 
 
 def test_full_case_through_the_api(client: Any) -> None:

@@ -41,6 +41,8 @@ def test_every_mutating_operation_refuses_auditors(client: Any, app: Any) -> Non
     for op in mutating:
         if not op.auth:  # public by design (login, customer intake): no account is involved
             continue
+        if (op.method, op.rule) == ("DELETE", "/api/auth/token"):  # signing out changes no data
+            continue
         url = _url(op.rule, values)
         if op.multipart:
             res = client.open(url, method=op.method, headers=auditor,

@@ -118,6 +118,22 @@ def test_posted_form_becomes_typed_json() -> None:
     assert field_errors(json.dumps(SCHEMA), data) == []
 
 
+def test_typed_times_keep_their_standard_offset_in_the_zone_the_staff_pages_use() -> None:
+    """The staff pages pass Flask-Babel's zone (a pytz zone, whose first offset is Shanghai's local
+    mean time, +08:06): a typed 09:00 is stored as 09:00+08:00 and shows as 09:00 again."""
+    from flask import Flask
+    from flask_babel import Babel, get_timezone
+
+    app = Flask(__name__)
+    Babel(app, default_timezone="Asia/Shanghai")
+    with app.test_request_context():
+        zone = get_timezone()
+    data = parse_form(SCHEMA, MultiDict([("arrived_at", "2026-12-08T09:00")]), tz=zone)
+    assert data["arrived_at"] == "2026-12-08T09:00:00+08:00"
+    html = str(render_form(SCHEMA, data, tz=zone))
+    assert 'value="2026-12-08T09:00"' in control(html, "arrived_at")
+
+
 def test_what_cannot_be_converted_is_kept_as_typed_and_named_by_validation() -> None:
     form = MultiDict([("summary", "x"), ("count", "three"), ("email", "not-an-email"), ("parts.0.part", "fan"),
                       ("parts.0.quantity", "two")])

@@ -35,6 +35,7 @@ MATRIX: dict[tuple[str, str], tuple[int, ...]] = {
     # --- REST API (bearer token) -------------------------------------------------------------------
     ('/api/audit/access', 'GET'):                              (200, 403, 200, 403, 403, 403, 401),
     ('/api/audit/head', 'GET'):                                (200, 403, 200, 403, 403, 403, 401),
+    ('/api/auth/token', 'DELETE'):                             (204, 204, 204, 204, 204, 204, 401),
     ('/api/auth/token', 'POST'):                               (422, 422, 422, 422, 422, 422, 422),
     ('/api/customers', 'GET'):                                 (200, 200, 200, 200, 200, 200, 401),
     ('/api/customers/<int:customer_id>', 'GET'):               (200, 200, 200, 200, 200, 200, 401),
@@ -157,6 +158,10 @@ JSON_BODY = {"process": "sample", "name": "customer_reply", "correlation": {}, "
 
 def _request(caller: Caller, method: str, rule: str, url: str, task_id: str) -> int:
     if rule.startswith("/api/"):
+        if rule == "/api/auth/token" and method == "DELETE":  # revokes a token of its own, not the caller's
+            fresh = caller.api.post(rule, json={"username": caller.username, "password": PASSWORD}).get_json()
+            bearer = {"Authorization": f"Bearer {fresh['token']}"} if caller.username else {}
+            return caller.api.delete(url, headers=bearer).status_code
         if method == "GET":
             return caller.api.get(url, headers=caller.bearer).status_code
         if rule == "/api/processes":

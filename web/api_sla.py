@@ -13,6 +13,7 @@ from engine.sla import SlaService
 
 from .auth import current_actor, services
 from .openapi import route
+from .params import json_object
 
 api_sla = Blueprint("api_sla", __name__, url_prefix="/api/sla")
 
@@ -43,10 +44,7 @@ def _sla() -> SlaService:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object", [{"field": "(body)", "message": "expected an object"}])
-    return body
+    return json_object(required=True)
 
 
 @route(api_sla, "/policies", "GET", "SLA policies in force (newest version of each)", responses={200: "array"})

@@ -156,7 +156,7 @@ def render_form(schema: Mapping[str, Any] | None, values: Mapping[str, Any] | No
                 errors: Iterable[Mapping[str, Any]] | None = None, *, language: str | None = None,
                 tz: dt.tzinfo | None = None, readonly: bool = False, use_defaults: bool = True) -> Markup:
     """The inputs of a form (without the <form> element and buttons), errors beside fields."""
-    ctx = _Render(errors_by_field(errors), language, tz or ZoneInfo("Asia/Shanghai"), readonly, use_defaults)
+    ctx = _Render(errors_by_field(errors), language, _zone(tz), readonly, use_defaults)
     schema = schema or {"type": "object", "properties": {}}
     body: list[str] = []
     if schema.get("description"):
@@ -474,13 +474,23 @@ def _row(ctx: _Render, props: Mapping[str, Mapping[str, Any]], path: list[str], 
 # --- parsing ----------------------------------------------------------------------------------
 
 
+def _zone(tz: dt.tzinfo | None) -> dt.tzinfo:
+    """A zone that ``datetime.replace(tzinfo=...)`` may take: Flask-Babel hands out pytz zones,
+    whose first offset is local mean time (Shanghai +08:06), so a typed 09:00 would be stored
+    six minutes early. pytz zones are swapped for the standard library's zone of the same name."""
+    if tz is None:
+        return ZoneInfo("Asia/Shanghai")
+    name = getattr(tz, "zone", None)  # pytz
+    return ZoneInfo(name) if isinstance(name, str) else tz
+
+
 def parse_form(schema: Mapping[str, Any] | None, form: Any, *, tz: dt.tzinfo | None = None) -> dict[str, Any]:
     """Typed JSON from a posted form (a werkzeug MultiDict), following the schema.
 
     Empty inputs are left out (so ``required`` applies); rows of a table left blank are dropped.
     """
     schema = schema or {"type": "object", "properties": {}}
-    value = _parse_object(schema, [], form, tz or ZoneInfo("Asia/Shanghai"), True)
+    value = _parse_object(schema, [], form, _zone(tz), True)
     return value if isinstance(value, dict) else {}
 
 

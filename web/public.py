@@ -31,6 +31,7 @@ from handlers import surveys
 
 from .auth import check_csrf, services
 from .openapi import route
+from .params import json_object
 
 public = Blueprint("public", __name__)
 
@@ -314,10 +315,7 @@ def api_intake() -> tuple[Response, int] | Response:
         res.status_code = 429
         res.headers["Retry-After"] = str(int(wait) + 1)
         return res
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidInput("request body must be JSON", [{"field": "(body)", "message": "invalid or missing JSON"}])
-    return jsonify(start_intake(body, "api")), 201
+    return jsonify(start_intake(json_object(required=True), "api")), 201
 
 
 # --- intake: web form -----------------------------------------------------------------------

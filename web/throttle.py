@@ -1,4 +1,7 @@
-"""Login throttling: after repeated failures a username (and an address) is locked for a while."""
+"""Login throttling: after repeated failures a username is locked for a while at the address they
+came from; an address guessing many usernames, and a username guessed from many addresses, are
+locked too, at higher counts. Locking a username everywhere after a few failures would let anyone
+lock any staff member out."""
 
 from __future__ import annotations
 
@@ -22,13 +25,16 @@ class LoginThrottle:
         self._locked_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _keys(self, username: str, address: str) -> tuple[str, str]:
-        return f"user:{username.lower()}", f"addr:{address}"
+    def _limits(self, username: str, address: str) -> tuple[tuple[str, int], ...]:
+        """(key, failures that lock it): the pair first, then the address, then the username."""
+        name = username.lower()
+        return ((f"pair:{name}@{address}", self.max_failures), (f"addr:{address}", self.max_failures * 4),
+                (f"user:{name}", self.max_failures * 10))
 
     def check(self, username: str, address: str) -> None:
         now = time.monotonic()
         with self._lock:
-            for key in self._keys(username, address):
+            for key, _limit in self._limits(username, address):
                 until = self._locked_until.get(key, 0.0)
                 if until > now:
                     raise TooManyAttempts(f"too many failed logins; try again in {int(until - now) + 1} s")
@@ -36,8 +42,7 @@ class LoginThrottle:
     def failed(self, username: str, address: str) -> None:
         now = time.monotonic()
         with self._lock:
-            user_key, addr_key = self._keys(username, address)
-            for key, limit in ((user_key, self.max_failures), (addr_key, self.max_failures * 4)):
+            for key, limit in self._limits(username, address):
                 q = self._failures[key]
                 q.append(now)
                 while q and q[0] < now - self.window_s:
@@ -48,4 +53,4 @@ class LoginThrottle:
 
     def succeeded(self, username: str, address: str) -> None:
         with self._lock:
-            self._failures.pop(self._keys(username, address)[0], None)
+            self._failures.pop(self._limits(username, address)[0][0], None)
