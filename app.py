@@ -131,6 +131,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.api_reports import api_reports
 
     app.register_blueprint(api_reports)
+    from web.api_stock import api_stock
+
+    app.register_blueprint(api_stock)  # the warehouse books procurement arrivals
     _install_audit(app)
     register_error_handlers(app)
 
@@ -151,6 +154,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.pages.reports import reports as reports_pages
 
     app.register_blueprint(reports_pages)
+    from web.pages.stock import stock as stock_pages
+
+    app.register_blueprint(stock_pages)  # stock arrivals (warehouse)
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.after_request(security_headers)
     from engine.process import tune_garbage_collector

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from . import forms, spiff
 from .db import Database
 from .definitions import SourceFile, parse_bundle, read_source
-from .errors import Conflict, Forbidden, FormInvalid, InvalidInput, NotFound
+from .errors import Conflict, Forbidden, FormInvalid, HandlerMissing, InvalidInput, NotFound
 from .fastsql import Statement, parse_time
 from .history import event_dict
 from .identity import DEPLOYERS, SYSTEM, Actor, groups_of, may_see_task, may_work_task
@@ -46,7 +46,7 @@ from .runtime import (
     require_open,
     sla_state,
 )
-from .services import HandlerRegistry
+from .services import HandlerRegistry, ServiceContext
 from .sla import SLA_TIMER_KIND, SlaService
 from .specs import SpecStore
 
@@ -295,12 +295,23 @@ class WorkflowEngine:
                 raise Conflict(f"task {task_id} is held by {info.assignee}")
             schema = cmd.live.spec.forms.get(info.form) if info.form else None
             forms.validate_submission(schema, data)
+            check = spiff.spec_properties(task.task_spec).get("completionCheck")
+            if check:  # a handler that knows the domain refuses what a schema cannot (FormInvalid)
+                self._run_completion_check(cmd, task, check, data)
             task.data.update(data)
             task.run()
             cmd.record("task_completed", task, {"data": data})
 
         case, _ = self.runtime.execute_for_task(task_id, actor, apply)
         return case.to_dict()
+
+    def _run_completion_check(self, cmd: Command, task: Any, name: str, data: dict[str, Any]) -> None:
+        handler = self.handlers.get(name)
+        if handler is None:
+            raise HandlerMissing(f"no handler registered for completion check '{name}'")
+        handler(ServiceContext(session=cmd.session, case_id=cmd.case.id, process_key=cmd.case.process_key,
+                               task_spec=task.task_spec.bpmn_id or task.task_spec.name, data={**task.data, **data},
+                               actor=cmd.actor.username, now=cmd.now))
 
     def deliver_message(self, name: str, correlation: dict[str, Any] | None, payload: dict[str, Any] | None,
                         actor: Actor) -> list[int]:

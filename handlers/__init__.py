@@ -36,6 +36,7 @@ def register_domain(registry: HandlerRegistry) -> None:
     registry.register("customer.find_or_create", customers.find_or_create)
     registry.register("faq.auto_reply", faq.auto_reply)
     registry.register("technician.assign", technicians.assign)
+    registry.register("technician.check_manual_assignment", technicians.check_manual_assignment)
     registry.register("parts.reserve", parts.reserve)
     registry.register("parts.consume", parts.consume)
     registry.register("parts.release", parts.release)

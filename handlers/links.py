@@ -157,3 +157,12 @@ def links_of(session: Any, case_id: int) -> list[dict[str, Any]]:
     return [{"link_id": r.id, "source_case_id": r.source_case_id, "source_ref": r.source_ref,
              "procedure": r.procedure, "target_ref": r.target_ref, "target_case_id": r.target_case_id,
              "status": r.status} for r in rows]
+
+
+def linked_case_ids(session: Any, case_id: int) -> list[int]:
+    """The cases started from this one and the case this one was started from, oldest link first."""
+    rows = session.execute(select(CaseLink.source_case_id, CaseLink.target_case_id)
+                           .where(or_(CaseLink.source_case_id == case_id, CaseLink.target_case_id == case_id))
+                           .order_by(CaseLink.id)).all()
+    return [other for source, target in rows for other in (source, target) if other is not None and other != case_id]
+

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select, union
 from sqlalchemy.orm import Session
 
-from engine import ServiceContext
+from engine import FormInvalid, ServiceContext
 from engine.models import Case, OpenTask, User
 
 from .models import StaffCertification, StaffProfile, TechnicianAssignment
@@ -104,3 +104,23 @@ def assign(ctx: ServiceContext, work_type: str = "repair", skill: str = "", regi
             "certified": best["certification"] is not None, "certification": best["certification"],
             "certified_until": best["certified_until"], "region": best["region"], "open_load": best["load"],
             "work_type": work_type, "priority": priority}
+
+
+def check_manual_assignment(ctx: ServiceContext) -> None:
+    """Completion check of the dispatcher's manual assignment: the technician named must be an
+    active technician holding a certification valid today (seed 003: only certified technicians;
+    the form's "certified" box is the dispatcher's word, this is the record's). Refuses with the
+    field named; the dispatcher may still pick someone outside the region, skill or load limit."""
+    assignment = ctx.data.get("assignment")
+    username = str(assignment.get("technician_id") or "").strip() if isinstance(assignment, dict) else ""
+    field = "assignment.technician_id"
+    profile = ctx.session.scalar(select(StaffProfile).join(User, User.username == StaffProfile.username)
+                                 .where(StaffProfile.username == username, StaffProfile.technician.is_(True),
+                                        User.active.is_(True)))
+    if profile is None:
+        raise FormInvalid(f"'{username}' is not an active technician",
+                          [{"field": field, "message": f"no active technician '{username}'"}])
+    if not valid_certifications(ctx.session, [username], china_date(ctx.now)):
+        raise FormInvalid(f"{username} holds no valid certification",
+                          [{"field": field, "message": f"{username} holds no certification valid today"}])
+

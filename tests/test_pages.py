@@ -511,12 +511,30 @@ def test_case_page_marks_incidents_and_waiting_events_and_retries(client: Any, s
         r'<script type="application/json" id="case-markers">(.*?)</script>', page, re.S).group(1)))
     assert markers["error"] == ["check_stock"] and "ask" in markers["completed"]
     assert 'data-event="incident"' in page and 'id="retry"' in page
+    # A retry that fails again says so, with the reason; it is not reported as done.
+    client.get("/lang/en?next=/")
+    assert post_form(client, f"/instances/{case['id']}/retry", token, {}).status_code == 302
+    page = body(client.get(f"/instances/{case['id']}"))
+    assert "The step failed again: stock service unreachable" in page and "was run again" not in page
     calls.fail = False
     assert post_form(client, f"/instances/{case['id']}/retry", token, {}).status_code == 302
+    assert "The failed step was run again." in body(client.get(f"/instances/{case['id']}"))
     states = svc.engine.element_states(case["id"])
     assert {"reply", "deadline_passed"} <= set(states["waiting"]) and states["error"] == []
     page = body(client.get(f"/instances/{case['id']}"))
     assert 'id="retry"' not in page and "deadline_passed" in page  # the pending timer is listed
+
+
+def test_case_pages_link_the_cases_a_procedure_started_from_each_other(client: Any, svc: Any) -> None:
+    from handlers.models import CaseLink
+
+    inquiry, complaint = start(svc.engine), start(svc.engine)
+    with svc.db.write() as s:  # as handlers/links.py leaves it once the new case has started
+        s.add(CaseLink(source_case_id=inquiry["id"], source_ref="INQ-1", procedure="complaint",
+                       target_ref="CMP-1", target_case_id=complaint["id"], status="started"))
+    login(client, "boss")
+    assert f'href="/instances/{complaint["id"]}"' in body(client.get(f"/instances/{inquiry['id']}"))
+    assert f'href="/instances/{inquiry["id"]}"' in body(client.get(f"/instances/{complaint['id']}"))
 
 
 def test_auditor_verifies_a_case_and_may_download_its_bundle(client: Any, case: dict[str, Any]) -> None:
@@ -586,6 +604,12 @@ def test_supervisor_reassigns_from_the_board(client: Any, svc: Any, case: dict[s
     assert svc.engine.get_task(task_id, SYSTEM)["assignee"] == "agent2"
     board = body(client.get("/board"))
     assert re.search(r"<th scope=\"row\">agent2</th>", board)
+    # Each request's words in its own language: the first page rendered must not fix them for the rest.
+    client.get("/lang/zh?next=/board")
+    assert 'data-sla="none">无时限<' in body(client.get("/board"))
+    client.get("/lang/en?next=/board")
+    board = body(client.get("/board"))
+    assert 'data-sla="none">No SLA<' in board and "无时限" not in board
 
 
 def test_process_owner_edits_an_sla_policy_others_only_read_it(client: Any, svc: Any) -> None:

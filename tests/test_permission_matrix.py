@@ -57,6 +57,8 @@ MATRIX: dict[tuple[str, str], tuple[int, ...]] = {
     ('/api/processes', 'POST'):                                (201, 201, 403, 403, 403, 403, 401),
     ('/api/processes/<key>', 'GET'):                           (200, 200, 200, 200, 200, 200, 401),
     ('/api/processes/<key>/bpmn', 'GET'):                      (200, 200, 200, 200, 200, 200, 401),
+    ('/api/procurement', 'GET'):                               (200, 403, 403, 200, 403, 403, 401),
+    ('/api/procurement/<int:request_id>/receive', 'POST'):     (200, 403, 403, 403, 403, 403, 401),
     ('/api/reports/kpis', 'GET'):                              (200, 200, 200, 200, 403, 403, 401),
     ('/api/reports/kpis/<kpi>/cases', 'GET'):                  (200, 200, 200, 200, 403, 403, 401),
     ('/api/reports/monthly/<month>', 'GET'):                   (200, 200, 200, 200, 403, 403, 401),
@@ -111,6 +113,8 @@ MATRIX: dict[tuple[str, str], tuple[int, ...]] = {
     ('/sla', 'POST'):                                          (422, 422, 403, 403, 403, 403, 302),
     ('/sla/calendar', 'POST'):                                 (422, 422, 403, 403, 403, 403, 302),
     ('/standards', 'GET'):                                     (200, 200, 200, 200, 200, 200, 200),
+    ('/stock', 'GET'):                                         (200, 403, 403, 200, 403, 403, 302),
+    ('/stock/<int:request_id>/receive', 'POST'):               (302, 403, 403, 403, 403, 403, 302),
     ('/static/<path:filename>', 'GET'):                        (200, 200, 200, 200, 200, 200, 200),
     ('/survey/<token>', 'GET'):                                (404, 404, 404, 404, 404, 404, 404),
     ('/survey/<token>', 'POST'):                               (404, 404, 404, 404, 404, 404, 404),
@@ -213,12 +217,27 @@ def world(app: Any, client: Any) -> dict[str, Any]:
     return {"engine": svc.engine, "case": case, "callers": callers, "customer_id": str(customer_id)}
 
 
+def _procurement_request(world: dict[str, Any]) -> str:
+    """An open procurement request (no case): booking it in changes only the stock."""
+    import datetime as dt
+
+    from handlers.models import Warehouse
+    from handlers.parts import create_request
+
+    with world["engine"].db.write() as s:
+        if s.get(Warehouse, "WH-MATRIX") is None:
+            s.add(Warehouse(code="WH-MATRIX", name="matrix"))
+        req = create_request(s, [{"part": "P-MATRIX", "quantity": 1}], "reorder", dt.datetime.now(dt.UTC),
+                             location="WH-MATRIX")
+        return str(req.id)
+
+
 def _values(world: dict[str, Any], fresh: bool) -> dict[str, str]:
     case = world["engine"].start_case("sample", {}, SYSTEM) if fresh else world["case"]
     return {"case_id": str(case["id"]), "seq": "1", "task_id": case["tasks"][0]["id"], "key": "sample",
             "name": "sample-register.schema.json", "kpi": "satisfaction", "month": "2026-03", "quarter": "2026-Q1",
             "customer_id": world["customer_id"], "year": "2026", "token": "no-such-survey-token-000000000000",
-            "code": "en", "filename": "css/app.css"}
+            "code": "en", "filename": "css/app.css", "request_id": _procurement_request(world) if fresh else "0"}
 
 
 def test_permission_matrix(app: Any, world: dict[str, Any]) -> None:

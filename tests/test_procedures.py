@@ -14,7 +14,7 @@ import time_machine
 from domain_support import PASSWORD, ROOT, STAFF, add_users, build_engine, load_demo, outbox
 from sqlalchemy import select, update
 
-from engine import SYSTEM, Actor, Database, WorkflowEngine
+from engine import SYSTEM, Actor, Database, FormInvalid, WorkflowEngine
 from engine.models import Timer
 from handlers.models import (
     CaseLink,
@@ -428,6 +428,15 @@ def test_no_free_certified_technician_goes_to_manual_assignment(world: World) ->
     assert world.open_specs(second) == ["assign_manually"]
     task = world.case(second)["tasks"][0]
     assert task["candidate_groups"] == ["dispatch"]
+    # The technician named must exist, be active and hold a valid certificate (the box the
+    # dispatcher ticks is not enough); a refusal names the field and changes nothing.
+    for who, message in (("nobody", "no active technician 'nobody'"), ("agent", "no active technician 'agent'"),
+                         ("tech3", "tech3 holds no certification valid today")):
+        with pytest.raises(FormInvalid) as refused:
+            world.do(second, "assign_manually", "dispatcher", {
+                "assignment": {"assigned": True, "technician_id": who, "certified": True}})
+        assert refused.value.errors == [{"field": "assignment.technician_id", "message": message}]
+        assert world.open_specs(second) == ["assign_manually"]
     world.do(second, "assign_manually", "dispatcher", {
         "assignment": {"assigned": True, "technician_id": "tech2", "technician_name": "王师傅", "certified": True},
         "assignment_note": "上海技师满负荷，调北京技师支援"})

@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 
 from engine import EngineError, InvalidInput
 from engine.identity import may_work_task
+from handlers.links import linked_case_ids
 
 from ..case_view import (
     linked_cases,
@@ -42,7 +43,9 @@ def case(case_id: int) -> str:
     history = engine().history(case_id, me)
     markers = engine().element_states(case_id)
     links = []
-    for other in linked_cases(found["data"]):
+    with db().read() as s:  # links the procedures made (handlers/links.py) and any listed in the data
+        linked = list(dict.fromkeys([*linked_case_ids(s, case_id), *linked_cases(found["data"])]))
+    for other in linked:
         try:
             c = engine().get_case(other, me)
             links.append({"id": other, "process": c["process"], "status": c["status"], "visible": True})
@@ -84,8 +87,13 @@ def verify(case_id: int) -> str:
 @cases.post("/instances/<int:case_id>/retry")
 @staff_page
 def retry(case_id: int) -> Response:
-    engine().retry(case_id, actor())
-    flash(_("The failed step was run again."), "success")
+    me = actor()
+    if engine().retry(case_id, me)["status"] == "error":  # the step ran and failed again
+        incident = next((ev["payload"] for ev in reversed(engine().history(case_id, me)) if ev["type"] == "incident"),
+                        {})
+        flash(_("The step failed again: %(message)s", message=incident.get("message", "")), "error")
+    else:
+        flash(_("The failed step was run again."), "success")
     return redirect(url_for("cases.case", case_id=case_id))
 
 

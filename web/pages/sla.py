@@ -28,7 +28,7 @@ def _service() -> Any:
 
 
 def _page(errors: list[dict[str, Any]] | None = None, entered: dict[str, Any] | None = None,
-          status: int = 200) -> tuple[str, int]:
+          status: int = 200, what: str = "policy") -> tuple[str, int]:
     me = actor()
     require(may_deploy(me) or may_supervise(me) or may_audit(me))
     service = _service()
@@ -36,7 +36,7 @@ def _page(errors: list[dict[str, Any]] | None = None, entered: dict[str, Any] | 
         policies = [p.to_dict() for p in service.policies(s)]
         calendars = service.calendars(s)
     return render_template("sla.html", policies=policies, calendars=calendars, errors=errors or [],
-                           entered=entered or {}, may_edit=may_deploy(me)), status
+                           errors_of=what, entered=entered or {}, may_edit=may_deploy(me)), status
 
 
 @sla.get("/sla")
@@ -90,7 +90,7 @@ def save_calendar_year() -> Response | tuple[str, int]:
     try:
         year = int(entered["cal_year"])
     except ValueError:
-        return _page([{"field": "cal_year", "message": _("Enter a whole number.")}], entered, 422)
+        return _page([{"field": "cal_year", "message": _("Enter a whole number.")}], entered, 422, "calendar")
 
     def dates(text: str) -> list[str]:
         return [d for d in text.replace(",", " ").split() if d]
@@ -100,6 +100,6 @@ def save_calendar_year() -> Response | tuple[str, int]:
             _service().set_calendar_year(s, entered["cal_name"].strip(), year, dates(entered["cal_holidays"]),
                                          dates(entered["cal_makeup"]), me)
     except InvalidInput as exc:
-        return _page(exc.errors or [{"field": "(form)", "message": exc.message}], entered, 422)
+        return _page(exc.errors or [{"field": "(form)", "message": exc.message}], entered, 422, "calendar")
     flash(_("Calendar %(name)s: year %(year)s saved.", name=entered["cal_name"], year=year), "success")
     return redirect(url_for("sla.index") + "#calendars")

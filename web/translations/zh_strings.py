@@ -127,6 +127,7 @@ ZH: dict[str, str] = {
     "Task assigned to %(user)s.": "任务已指派给 %(user)s。",
     "Task returned to its group.": "任务已退回所属组。",
     "The failed step was run again.": "已重新运行失败的步骤。",
+    "The step failed again: %(message)s": "该步骤再次失败：%(message)s",
     "Give a reason for cancelling the case.": "请填写取消工单的原因。",
     "Case %(id)s started.": "工单 %(id)s 已创建。",
     "You do not have access to this page.": "您无权访问此页面。",
@@ -302,6 +303,7 @@ ZH: dict[str, str] = {
     "version; tasks already open keep the version they started with.":
         "目标时限按策略日历的工作时间计算（24x7 为全天候）。修改会生成新版本，已开启的任务沿用开始时的版本。",
     "The policy was not saved:": "策略未保存：",
+    "The calendar was not saved:": "日历未保存：",
     "Warn at": "预警点",
     "Escalation": "升级",
     "Edit": "编辑",
@@ -312,6 +314,27 @@ ZH: dict[str, str] = {
     "Working hours": "工作时间",
     "Years with holidays": "已配置节假日的年份",
     "around the clock": "全天候",
+    # stock arrivals (warehouse)
+    "Stock arrivals": "备件到货",
+    "Goods ordered by procurement requests. Booking an arrival puts them into stock and lets the case waiting "
+    "for them continue.": "采购申请所订购的备件和产品。登记到货后即入库，等待该货物的工单随之继续。",
+    "Waiting for goods": "待到货",
+    "Request": "采购单",
+    "Items": "物料",
+    "Warehouse": "仓库",
+    "Expected": "预计到货",
+    "Requested": "申请时间",
+    "Book arrival": "登记到货",
+    "Reorder (no case)": "补货（无工单）",
+    "No goods are awaited.": "没有待到货的采购单。",
+    "Recently received": "最近到货",
+    "Received": "到货时间",
+    "Nothing received yet.": "尚无到货记录。",
+    "Nothing was booked: %(reason)s": "未登记到货：%(reason)s",
+    "Arrival of %(no)s booked into stock; case %(ref)s continues.": "%(no)s 已登记到货并入库，工单 %(ref)s 继续处理。",
+    "Arrival of %(no)s booked into stock; no case was waiting for it.":
+        "%(no)s 已登记到货并入库，没有工单在等待该货物。",
+    "Arrival of %(no)s booked into stock.": "%(no)s 已登记到货并入库。",
 }
 
 
