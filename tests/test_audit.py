@@ -18,7 +18,8 @@ from sqlalchemy import delete, func, select, update
 from engine import SYSTEM, Actor, Conflict, FormInvalid, InvalidInput, NotFound, WorkflowEngine
 from engine.audit import bundle, chain, records
 from engine.history import GENESIS, event_hash
-from engine.models import AuditLedger, Case, CaseEvent, MessageSubscription, Timer
+from engine.identity import ensure_groups
+from engine.models import AuditLedger, Case, CaseEvent, Membership, MessageSubscription, Timer, User
 
 HERE = Path(__file__).parent
 AUDIT_SAMPLES = HERE / "audit_processes"
@@ -38,6 +39,17 @@ def actors() -> dict[str, Actor]:
 @pytest.fixture
 def audit_engine(engine: WorkflowEngine) -> WorkflowEngine:
     engine.deploy_paths([AUDIT_SAMPLES], SYSTEM)
+    # Accounts for the actors, without password hashes: tasks are assigned only to existing staff.
+    with engine.db.write() as s:
+        ensure_groups(s, {g: g for groups in USERS.values() for g in [*groups, "staff"]})
+        existing = set(s.scalars(select(User.username)))
+        for name, groups in USERS.items():
+            if name in existing:  # made by the ``users`` fixture
+                continue
+            user = User(username=name, password_hash="!", display_name=name)
+            s.add(user)
+            s.flush()
+            s.add_all(Membership(user_id=user.id, group_name=g) for g in {*groups, "staff"})
     return engine
 
 

@@ -76,6 +76,10 @@ BAD_CASES = [
     ("sample-register.schema.json", '"title": "登记 Register request",', '"title": "broken" "x",',
      "sample-register.schema.json", None, "invalid JSON"),
     ("sample.bpmn", 'targetRef="summarize"', 'targetRef="nowhere"', "sample.bpmn", None, "nowhere"),
+    ("sample.bpmn", '<spiffworkflow:property name="formJsonSchemaFilename" value="sample-fix.schema.json" />',
+     '<spiffworkflow:property name="formJsonSchemaFilename" value="sample-fix.schema.json" />'
+     '<spiffworkflow:property name="completionCheck" value="no.such.check" />', "sample.bpmn", "fix",
+     "completion check 'no.such.check' is not a registered handler"),
 ]
 
 

@@ -116,5 +116,8 @@ def test_other_roles_see_masked_details_and_leave_no_access_record(api: tuple[An
     assert (detail["phone"], detail["email"], detail["address"]) == ("139****5678", "w***@example.com",
                                                                      "上海市浦东新****")
     assert _views(db) == []
+    # Phone digits find nobody for them (a match would tell whose number it is); names still do.
+    assert client.get("/api/customers?q=13912345678", headers=headers).get_json()["total"] == 0
+    assert client.get("/api/customers?q=王秀英", headers=headers).get_json()["total"] == 1
     assert client.get("/api/customers/999999", headers=headers).status_code == 404
     assert client.get("/api/customers").status_code == 401

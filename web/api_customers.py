@@ -38,8 +38,8 @@ def _record_views(session: Any, actor: Any, rows: list[Customer], route_name: st
                       detail={"customer_id": row.id, "fields": PERSONAL_FIELDS, "route": route_name})
 
 
-@route(api_customers, "", "GET", "Customers (search by name, phone or id); contact details masked unless "
-       "the caller's role needs them", params={
+@route(api_customers, "", "GET", "Customers (search by name, phone or id; by phone only for roles that see "
+       "phone numbers); contact details masked unless the caller's role needs them", params={
            "q": {"type": "string", "description": "name, phone digits or customer id"},
            "limit": {"type": "integer"}, "offset": {"type": "integer"}})
 def list_customers() -> Response:
@@ -48,7 +48,7 @@ def list_customers() -> Response:
     limit, offset = int_arg("limit", 20, 1, 200), int_arg("offset", 0, 0, 10**9)
     db = services().db
     with (db.write() if unmasked else db.read()) as s:
-        rows, total = search_customers(s, request.args.get("q", ""), limit, offset)
+        rows, total = search_customers(s, request.args.get("q", ""), limit, offset, by_phone=unmasked)
         if unmasked:
             _record_views(s, actor, rows, "GET /api/customers")
         items = [customer_dict(r, masked=not unmasked) for r in rows]
