@@ -84,3 +84,23 @@ def validate_submission(schema_json: str | None, data: Any) -> None:
     errors = field_errors(schema_json, data)
     if errors:
         raise FormInvalid(f"{len(errors)} form field(s) are invalid", errors)
+
+
+@lru_cache(maxsize=512)
+def _declared(schema_json: str) -> frozenset[str] | None:
+    """The top-level fields a form declares; None when it declares none (a free-form task)."""
+    import json
+
+    properties = json.loads(schema_json).get("properties")
+    return frozenset(properties) if isinstance(properties, dict) and properties else None
+
+
+def undeclared_errors(schema_json: str | None, data: dict[str, Any]) -> list[dict[str, str]]:
+    """Fields of a submission that its form does not have. A completion writes its fields into the
+    case data: an undeclared one would overwrite data nobody was asked for (the case reference, a
+    handler's result)."""
+    declared = _declared(schema_json) if schema_json is not None else None
+    if declared is None:
+        return []
+    return [{"field": key, "message": "not a field of this form"} for key in sorted(data) if key not in declared]
+

@@ -295,6 +295,9 @@ class WorkflowEngine:
                 raise Conflict(f"task {task_id} is held by {info.assignee}")
             schema = cmd.live.spec.forms.get(info.form) if info.form else None
             forms.validate_submission(schema, data)
+            undeclared = [] if actor.system else forms.undeclared_errors(schema, data)  # staff fill in the form
+            if undeclared:
+                raise FormInvalid(f"{len(undeclared)} field(s) are not on the form of task {task_id}", undeclared)
             check = spiff.spec_properties(task.task_spec).get("completionCheck")
             if check:  # a handler that knows the domain refuses what a schema cannot (FormInvalid)
                 self._run_completion_check(cmd, task, check, data)

@@ -151,3 +151,21 @@ def test_sla_targets_and_calendar_years_out_of_range_are_refused(client: Any) ->
         res = client.put(f"/api/sla/calendars/china/years/{year}", headers=owner,
                          json={"holidays": [], "makeup_days": []})
         assert res.status_code == 422 and _fields(res) == {"year"}, year
+
+
+def test_staff_complete_a_task_with_the_fields_of_its_form_only(client: Any) -> None:
+    """A completion writes its fields into the case data; one the form does not have would
+    overwrite data nobody asked for, such as the case reference."""
+    agent = token_for(client, "agent")
+    case = client.post("/api/instances", headers=agent, json={"process": "sample", "data": {"case_ref": "R-1"}})
+    case = case.get_json()
+    task = case["tasks"][0]["id"]
+    form = {"customer": "Wang Fang", "severity": "low"}
+    res = client.post(f"/api/tasks/{task}/complete", headers=agent,
+                      json={"data": {**form, "case_ref": "FAKE", "__class__": 1}})
+    assert res.status_code == 422 and _fields(res) == {"case_ref", "__class__"}
+    assert res.get_json()["errors"][0]["message"] == "not a field of this form"
+    after = client.get(f"/api/instances/{case['id']}", headers=agent).get_json()
+    assert after["data"]["case_ref"] == "R-1" and [t["id"] for t in after["tasks"]] == [task]
+    res = client.post(f"/api/tasks/{task}/complete", headers=agent, json={"data": form})
+    assert res.status_code == 200 and res.get_json()["data"]["case_ref"] == "R-1"

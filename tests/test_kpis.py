@@ -457,7 +457,7 @@ def live(db: Database) -> WorkflowEngine:
     reg.register("technician.assign", lambda ctx, **p: {"assigned": True, "technician_id": "tech",
                                                         "technician_name": "Tech"})
     reg.register("parts.reserve", lambda ctx, **p: {"all_reserved": True, "reservation_id": 1, "missing": []})
-    for name in ("parts.consume", "parts.release", "procurement.request"):
+    for name in ("parts.consume", "parts.release", "procurement.request", "technician.check_manual_assignment"):
         reg.register(name, lambda ctx, **p: {})
     reg.register("survey.send", lambda ctx, **p: {"survey_id": next(survey_ids), "link": "-",
                                                   "expires_at": (ctx.now + 7 * DAY).isoformat()})
