@@ -381,9 +381,11 @@ def start_scheduler(app: Flask) -> Any:
 
 def periodic_jobs(svc: Services) -> list[tuple[str, float, Callable[[], Any]]]:
     """After-sales work that recurs: send notices, expire unanswered surveys, start linked cases
-    a crash left pending. Run by the embedded scheduler and by `aftercare worker`."""
+    and tell cases of goods received that a crash left pending. Run by the embedded scheduler and
+    by `aftercare worker`."""
     from handlers.links import start_pending_links
     from handlers.outbox import OutboxDispatcher
+    from handlers.parts import tell_waiting_cases
     from handlers.surveys import expire_surveys
 
     dispatcher = OutboxDispatcher(svc.db)
@@ -391,6 +393,7 @@ def periodic_jobs(svc: Services) -> list[tuple[str, float, Callable[[], Any]]]:
         ("outbox", float(os.environ.get("AFTERCARE_OUTBOX_INTERVAL", "10")), dispatcher.run_once),
         ("surveys", 600.0, lambda: expire_surveys(svc.db)),
         ("links", 60.0, lambda: start_pending_links(svc.engine)),
+        ("arrivals", 60.0, lambda: tell_waiting_cases(svc.engine)),
     ]
 
 

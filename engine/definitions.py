@@ -588,3 +588,22 @@ def _called_decisions(bpmn_files: list[SourceFile]) -> set[str]:
             if isinstance(el.tag, str) and etree.QName(el).localname == "calledDecisionId" and el.text:
                 found.add(el.text.strip())
     return found
+
+
+def starter_groups(bpmn: Iterable[SourceFile], key: str) -> frozenset[str] | None:
+    """The groups that may start process ``key``: the process's own property
+    ``candidateStarterGroups`` (comma-separated, as Camunda names it); None when it names none
+    (any staff member may start it)."""
+    for src in bpmn:
+        if src.xml is None:
+            continue
+        for process in src.xml.iter(_BPMN + "process"):
+            if process.get("id") != key:
+                continue
+            for ext in process.findall(_BPMN + "extensionElements"):
+                for prop in ext.iter(_SPIFF + "property"):
+                    if prop.get("name") == "candidateStarterGroups":
+                        groups = frozenset(g.strip() for g in (prop.get("value") or "").split(",") if g.strip())
+                        return groups or None
+    return None
+

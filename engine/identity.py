@@ -171,6 +171,11 @@ def task_groups(lane: str | None) -> frozenset[str]:
     return frozenset({lane}) if lane else frozenset({"staff"})
 
 
+def may_start(actor: Actor, starters: frozenset[str] | None) -> bool:
+    """Whether ``actor`` may start a case of a process whose starter groups are ``starters``."""
+    return starters is None or actor.system or "admin" in actor.groups or bool(actor.groups & starters)
+
+
 def may_work_task(actor: Actor, candidate_groups: frozenset[str], assignee: str | None) -> bool:
     if actor.read_only:
         return False

@@ -29,10 +29,10 @@ from . import search, spiff
 from .audit import clock as audit_clock
 from .audit import recorded
 from .db import Transaction
-from .errors import Conflict, HandlerMissing, NotFound
+from .errors import Conflict, Forbidden, HandlerMissing, NotFound
 from .fastsql import Rows, Statement, fetch_all, parse_json, parse_time
 from .history import COMMAND_EVENT_TYPES, GENESIS, canonical, chain_hash
-from .identity import SYSTEM, Actor, task_groups
+from .identity import SYSTEM, Actor, may_start, task_groups
 from .models import (
     Case,
     CaseTask,
@@ -436,6 +436,9 @@ class Runtime:
                 raise NotFound(f"process '{process_key}' is not deployed")
             new_id, version_id, number = found
             version = self.specs.get(tx, version_id)
+            if not may_start(actor, version.starters):
+                raise Forbidden(f"starting a case of '{process_key}' requires one of the groups: "
+                                f"{', '.join(sorted(version.starters or ()))}")
             wf = spiff.new_workflow(version.spec, version.subprocess_specs, self.specs.script_engine())
             case = CaseRow(id=new_id, process_version_id=version_id, version=number, **values)
             live = LiveCase(wf, version, 0, set(), {}, set(), set())

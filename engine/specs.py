@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from . import sandbox
 from .db import Transaction
-from .definitions import SourceFile, build_spec, read_source
+from .definitions import SourceFile, build_spec, read_source, starter_groups
 from .errors import NotFound
 from .models import DefinitionFile, ProcessVersion
 from .spiff import CaseScriptEngine
@@ -26,6 +26,7 @@ class VersionSpec:
     spec: Any
     subprocess_specs: dict[str, Any]
     forms: dict[str, str] = field(default_factory=dict)  # filename -> JSON Schema text
+    starters: frozenset[str] | None = None  # groups that may start a case; None: all staff
 
 
 class SpecStore:
@@ -53,7 +54,7 @@ class SpecStore:
         dmn = [_source(files[i]) for i in pv.bundle.get("dmn", [])]
         spec, subprocess_specs = build_spec(bpmn, dmn, pv.key)
         forms = {name: files[fid].content for name, fid in pv.bundle.get("forms", {}).items()}
-        built = VersionSpec(pv.id, pv.key, pv.version, spec, subprocess_specs, forms)
+        built = VersionSpec(pv.id, pv.key, pv.version, spec, subprocess_specs, forms, starter_groups(bpmn, pv.key))
         with self._lock:
             self._cache[version_id] = built
         return built

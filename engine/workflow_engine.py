@@ -21,7 +21,7 @@ from .definitions import SourceFile, parse_bundle, read_source
 from .errors import Conflict, Forbidden, FormInvalid, HandlerMissing, InvalidInput, NotFound
 from .fastsql import Statement, parse_time
 from .history import event_dict
-from .identity import DEPLOYERS, SYSTEM, Actor, groups_of, may_see_task, may_work_task
+from .identity import DEPLOYERS, SYSTEM, Actor, groups_of, may_see_task, may_start, may_work_task
 from .models import (
     Case,
     CaseEvent,
@@ -163,6 +163,12 @@ class WorkflowEngine:
                 .order_by(ProcessVersion.key))
             return [{"key": r.key, "name": r.name, "version": r.version, "deployed_at": _iso(r.deployed_at)}
                     for r in rows]
+
+    def startable_processes(self, actor: Actor) -> list[dict[str, Any]]:
+        """The latest processes ``actor`` may start a case of (a process may name its starter groups)."""
+        processes = self.list_processes()
+        with self.db.read() as session:
+            return [p for p in processes if may_start(actor, self.specs.latest(session, p["key"]).starters)]
 
     def get_process(self, key: str) -> dict[str, Any]:
         with self.db.read() as session:

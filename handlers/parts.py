@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine import SYSTEM, Actor, InvalidInput, NotFound, ServiceContext
+from engine.models import MessageSubscription
 
 from .models import Part, PartReservation, ProcurementRequest, Stock, Warehouse
 from .references import china_date, insert_ignore, next_number
@@ -295,6 +296,32 @@ def receive_and_notify(engine: Any, request_id: int, actor: Actor = SYSTEM) -> l
     return engine.deliver_message("stock_arrived", {"case_ref": info["case_ref"]},
                                   {"request_id": info["request_id"], "request_no": info["request_no"],
                                    "items": info["items"]}, booking)
+
+
+def tell_waiting_cases(engine: Any) -> list[int]:
+    """Safety net run by the timer worker: a case still waiting for ``stock_arrived`` whose own
+    procurement request is already received is told now. Booking and telling are two commits
+    (``receive_and_notify``); a crash between them must not leave the case waiting for goods
+    that are on the shelf. Returns the ids of the cases told."""
+    with engine.db.read() as session:
+        waiting = sorted(set(session.scalars(select(MessageSubscription.case_id)
+                                             .where(MessageSubscription.message == "stock_arrived"))))
+    told: list[int] = []
+    for case_id in waiting:
+        procurement = engine.get_case(case_id, SYSTEM)["data"].get("procurement")
+        request_id = procurement.get("request_id") if isinstance(procurement, dict) else None
+        if not isinstance(request_id, int):
+            continue
+        with engine.db.read() as session:
+            req = session.get(ProcurementRequest, request_id)
+            info = request_dict(req) if req is not None and req.status == "received" else None
+        if info is not None:
+            log.warning("case %s was still waiting for %s, received earlier: telling it now", case_id,
+                        info["request_no"])
+            told += engine.deliver_message("stock_arrived", {"instance": case_id},
+                                           {"request_id": info["request_id"], "request_no": info["request_no"],
+                                            "items": info["items"]}, SYSTEM)
+    return told
 
 
 # --- handlers -------------------------------------------------------------------------------

@@ -33,4 +33,4 @@ def test_app_wires_notice_sending_into_the_worker(app: Any) -> None:
     from app import periodic_jobs
 
     names = [name for name, _, _ in periodic_jobs(app.extensions["aftercare"])]
-    assert names == ["outbox", "surveys", "links"]
+    assert names == ["outbox", "surveys", "links", "arrivals"]

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import time_machine
 from domain_support import PASSWORD, ROOT, STAFF, add_users, build_engine, load_demo, outbox
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
-from engine import SYSTEM, Actor, Database, FormInvalid, WorkflowEngine
-from engine.models import Timer
+from engine import SYSTEM, Actor, Database, Forbidden, FormInvalid, WorkflowEngine
+from engine.models import Case, Timer
 from handlers.models import (
     CaseLink,
     CaseReference,
@@ -29,7 +29,7 @@ from handlers.models import (
     Stock,
     TechnicianAssignment,
 )
-from handlers.parts import receive_and_notify
+from handlers.parts import receive, receive_and_notify, tell_waiting_cases
 
 UTC = dt.UTC
 NOW = "2026-03-02T09:00:00+08:00"
@@ -501,6 +501,18 @@ def test_installation_stock_short_procurement_then_stock_arrives(world: World) -
     assert case["status"] == "waiting"  # the revisits are still ahead
 
 
+def test_goods_booked_without_the_notice_reach_the_waiting_case_by_the_safety_net(world: World) -> None:
+    case_id = installation_until_delivered(world)
+    request_id = world.case(case_id)["data"]["procurement"]["request_id"]
+    assert tell_waiting_cases(world.engine) == []  # nothing received yet: the case keeps waiting
+    with world.db.write() as s:  # the booking committed; the process died before telling the case
+        receive(s, request_id, dt.datetime.now(dt.UTC))
+    assert world.case(case_id)["status"] == "waiting"
+    assert tell_waiting_cases(world.engine) == [case_id]
+    assert world.open_specs(case_id) == ["agree_delivery"] and stock(world, "KFR-72LW/N2") == (1, 0)
+    assert tell_waiting_cases(world.engine) == []  # told once
+
+
 def test_an_invalid_order_is_rejected_and_the_customer_told_why(world: World) -> None:
     case = world.start("installation", "sales")
     world.do(case["id"], "register_order", "sales", {
@@ -563,6 +575,20 @@ def add_recall_customers(db: Database, count: int) -> None:
         s.flush()
         s.add(CustomerProduct(customer_id=other.id, model="KFR-35GW/N1", serial="OK00001", batch="B2409",
                               region="上海"))
+
+
+def test_only_coordinators_and_supervisors_activate_an_emergency_plan(world: World) -> None:
+    with world.db.read() as s:
+        before = s.scalar(select(func.count()).select_from(Case))
+    for user in ("tech", "warehouse", "sales", "agent"):
+        with pytest.raises(Forbidden, match="emergency, supervisor"):
+            world.start("emergency", user)
+        assert "emergency" not in {p["key"] for p in world.engine.startable_processes(world.actors[user])}
+        assert "dispatch" in {p["key"] for p in world.engine.startable_processes(world.actors[user])}
+    with world.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Case)) == before  # nothing was started
+    assert "emergency" in {p["key"] for p in world.engine.startable_processes(world.actors["coordinator"])}
+    assert world.start("emergency", "supervisor")["status"] == "running"
 
 
 def test_emergency_notifies_200_customers_with_periodic_updates_then_review(world: World) -> None:

@@ -113,7 +113,7 @@ def cancel(case_id: int) -> Response:
 @staff_page
 def new_case() -> str:
     require(may_start_cases(actor()))
-    return render_template("new_case.html", processes=engine().list_processes())
+    return render_template("new_case.html", processes=engine().startable_processes(actor()))
 
 
 @cases.post("/instances/new")
