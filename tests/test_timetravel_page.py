@@ -41,6 +41,12 @@ def test_auditor_steps_through_a_case(client: Any, app: Any, users: dict[str, An
     markers = markers_of(after)
     assert "register" in markers["completed"]
     assert "<code>customer</code>" in after  # the data diff of the completion
+    # In the staff's language: event names, the case status and the kind of each change.
+    client.get("/lang/zh?next=/")
+    zh = client.get(f"/instances/{case['id']}/at/{completed_at}").get_data(as_text=True)
+    assert "工单创建" in zh and "任务完成" in zh and "<td>新增</td>" in zh
+    assert "task_completed" not in zh and "case_started" not in zh and ">running<" not in zh
+    client.get("/lang/en?next=/")
 
     last = events[-1]["seq"]
     end = client.get(f"/instances/{case['id']}/at/{last}").get_data(as_text=True)

@@ -142,9 +142,15 @@ def event_words(kind: str) -> str:
         "sla_started": _("SLA clock started"), "sla_paused": _("SLA clock paused"),
         "sla_resumed": _("SLA clock resumed"), "sla_policy_missing": _("SLA policy missing"),
         "sla_due_set": _("Due time set"), "function_results": _("Results recorded for replay"),
-        "engine_advanced": _("Engine step"),
+        "engine_advanced": _("Engine step"), "task_routed": _("Task routed"),
     }
     return words.get(kind, kind.replace("_", " "))
+
+
+def audit_words(word: str | None) -> str:
+    """Words of verification reports and data changes (replay results, change kinds)."""
+    return {"verified": _("verified"), "diverged": _("diverged"), "added": _("added"), "removed": _("removed"),
+            "changed": _("changed")}.get(word or "", word or "")
 
 
 def page_url(**changes: Any) -> str:
@@ -181,7 +187,7 @@ def is_time_text(value: Any) -> bool:
 
 def register_template_helpers(app: Flask) -> None:
     app.jinja_env.filters.update(local_time=local_time, relative_time=relative_time, sla_words=sla_words,
-                                 status_words=status_words, event_words=event_words)
+                                 status_words=status_words, event_words=event_words, audit_words=audit_words)
     app.jinja_env.tests.update(mapping_value=is_mapping, list_value=is_list, time_text=is_time_text)
     # Globals, not context: imported macros (pagers, badges) see them too.
     app.jinja_env.globals.update(page_url=page_url, sla_state=sla_state, process_names=process_names,
