@@ -375,10 +375,9 @@ def test_repair_fixed_on_first_visit(world: World) -> None:
     assert len(outbox(world.db, case_id, "survey_repair")) == 1
 
 
-def test_repair_needs_parts_procurement_and_a_revisit(world: World) -> None:
+def repair_waiting_for_parts(world: World) -> int:
+    """A repair not fixed on the first visit, waiting for a second four-way valve (one is in stock)."""
     case_id = register_repair(world)
-    ref = world.case(case_id)["data"]["case_ref"]
-    assert stock(world, "P-VALVE-4W") == (1, 0)
     world.do(case_id, "contact_customer", "tech", {
         "contacted_at": "2026-03-02T09:30:00+08:00", "appointment_start": "2026-03-02T14:00:00+08:00",
         "appointment_end": "2026-03-02T16:00:00+08:00", "parts_needed": []})
@@ -386,6 +385,13 @@ def test_repair_needs_parts_procurement_and_a_revisit(world: World) -> None:
         "arrived_at": "2026-03-02T14:10:00+08:00", "arrived_on_time": True, "diagnosis": "四通阀卡死",
         "work_done": "检测", "parts_used": [], "fixed_first_visit": False})
     world.do(case_id, "request_parts", "tech", {"parts_required": [{"part": "P-VALVE-4W", "quantity": 2}]})
+    return case_id
+
+
+def test_repair_needs_parts_procurement_and_a_revisit(world: World) -> None:
+    assert stock(world, "P-VALVE-4W") == (1, 0)
+    case_id = repair_waiting_for_parts(world)
+    ref = world.case(case_id)["data"]["case_ref"]
     case = world.case(case_id)
     assert case["status"] == "waiting"  # for the parts
     reservation = case["data"]["reservation"]

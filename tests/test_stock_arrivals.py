@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from domain_support import PASSWORD, ROOT, STAFF, add_users, load_demo
 from sqlalchemy import func, select
-from test_procedures import World, register_repair, stock
+from test_procedures import World, repair_waiting_for_parts, stock
 
 from engine import SYSTEM
 from engine.models import CaseEvent
@@ -43,14 +43,7 @@ def world(app: Any) -> World:
 @pytest.fixture
 def waiting(world: World) -> dict[str, Any]:
     """A repair not fixed on the first visit, waiting for one more four-way valve (as in test_procedures)."""
-    case_id = register_repair(world)
-    world.do(case_id, "contact_customer", "tech", {
-        "contacted_at": "2026-03-02T09:30:00+08:00", "appointment_start": "2026-03-02T14:00:00+08:00",
-        "appointment_end": "2026-03-02T16:00:00+08:00", "parts_needed": []})
-    world.do(case_id, "on_site_repair", "tech", {
-        "arrived_at": "2026-03-02T14:10:00+08:00", "arrived_on_time": True, "diagnosis": "四通阀卡死",
-        "work_done": "检测", "parts_used": [], "fixed_first_visit": False})
-    world.do(case_id, "request_parts", "tech", {"parts_required": [{"part": "P-VALVE-4W", "quantity": 2}]})
+    case_id = repair_waiting_for_parts(world)
     case = world.case(case_id)
     assert case["status"] == "waiting" and stock(world, "P-VALVE-4W") == (1, 1)
     return {"case_id": case_id, "case_ref": case["data"]["case_ref"],
