@@ -62,6 +62,21 @@ def build_engine(db: Database) -> WorkflowEngine:
     return engine
 
 
+def product_app(db_url: str, secret: str, **config: Any) -> Any:
+    """The web app with the bundled procedures, SLA defaults, demo parts, staff and FAQ, and STAFF's accounts."""
+    from app import create_app
+
+    application = create_app({"DATABASE_URL": db_url, "SECRET_KEY": secret, "TESTING": True, "SCHEDULER": "off",
+                              **config})
+    svc = application.extensions["aftercare"]
+    add_users(svc.db, STAFF)
+    with svc.db.write() as s:
+        svc.sla.ensure_defaults(s)
+    svc.engine.deploy_paths([ROOT / "processes", ROOT / "forms"], SYSTEM)
+    load_demo(svc.db, ("parts", "staff", "faq"))
+    return application
+
+
 def load_demo(db: Database, kinds: tuple[str, ...] = ("parts", "customers", "staff", "faq")) -> None:
     for kind in kinds:
         import_csv(db, kind, (DEMO / f"{kind}.csv").read_text(encoding="utf-8-sig"), only_missing=True)

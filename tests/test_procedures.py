@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from domain_support import PASSWORD, ROOT, STAFF, add_users, build_engine, load_demo, outbox
+from domain_support import PASSWORD, STAFF, add_users, build_engine, load_demo, outbox, product_app
 from sqlalchemy import func, select, update
 
 from engine import SYSTEM, Actor, Database, Forbidden, FormInvalid, WorkflowEngine
@@ -637,17 +637,9 @@ def test_emergency_notifies_200_customers_with_periodic_updates_then_review(worl
 
 @pytest.fixture
 def rest(db_url: str) -> Any:
-    from app import create_app
-
-    application = create_app({"DATABASE_URL": db_url, "SECRET_KEY": "rest-test", "TESTING": True, "SCHEDULER": "off"})
-    svc = application.extensions["aftercare"]
-    add_users(svc.db, STAFF)
-    with svc.db.write() as s:
-        svc.sla.ensure_defaults(s)
-    svc.engine.deploy_paths([ROOT / "processes", ROOT / "forms"], SYSTEM)
-    load_demo(svc.db, ("parts", "staff", "faq"))
+    application = product_app(db_url, "rest-test")
     yield application.test_client()
-    svc.db.dispose()
+    application.extensions["aftercare"].db.dispose()
 
 
 def test_staff_start_every_procedure_empty_and_finish_a_repair_over_rest(rest: Any) -> None:

@@ -9,29 +9,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from domain_support import PASSWORD, ROOT, STAFF, add_users, load_demo
+from domain_support import PASSWORD, STAFF, add_users, product_app
 from sqlalchemy import func, select
 from test_procedures import World, repair_waiting_for_parts, stock
 
-from engine import SYSTEM
 from engine.models import CaseEvent
 from handlers.models import ProcurementRequest
 
 
 @pytest.fixture
 def app(db_url: str) -> Iterator[Any]:
-    from app import create_app
-
-    application = create_app({"DATABASE_URL": db_url, "SECRET_KEY": "stock-test", "TESTING": True,
-                              "SCHEDULER": "off", "AUDIT_SEAL_INTERVAL": 0})
-    svc = application.extensions["aftercare"]
-    add_users(svc.db, STAFF)
-    with svc.db.write() as s:
-        svc.sla.ensure_defaults(s)
-    svc.engine.deploy_paths([ROOT / "processes", ROOT / "forms"], SYSTEM)
-    load_demo(svc.db, ("parts", "staff", "faq"))
+    application = product_app(db_url, "stock-test", AUDIT_SEAL_INTERVAL=0)
     yield application
-    svc.db.dispose()
+    application.extensions["aftercare"].db.dispose()
 
 
 @pytest.fixture
